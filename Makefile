@@ -1,0 +1,63 @@
+# mlakit: two commands to start.  `make lab` opens the course, `make test` checks it.
+# Everything installs into .venv; the system Python is never touched.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+TORCH  ?= torch==2.13.0
+KERNEL := mlakit
+PORT   ?= 8888
+NBVAL_FLAGS := --nbval-lax --nbval-current-env --nbval-cell-timeout=300 --nbval-sanitize-with tests/nbval_sanitize.cfg
+
+.PHONY: help venv lab test test-unit test-notebooks lint notebooks bench doctor clean
+
+help:
+	@echo "make lab        open the course in JupyterLab (creates .venv on first use)"
+	@echo "make test       lint, unit tests and notebook validation"
+	@echo "make notebooks  re-execute notebooks/ and solutions/ in place (authors)"
+	@echo "make bench      run the benchmarks in bench/"
+	@echo "make doctor     check the environment"
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "$(TORCH)" numpy
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "mlakit (.venv)" >/dev/null
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+doctor: $(STAMP)
+	$(BIN)/mlakit doctor
+
+lab: $(STAMP)
+	@echo "Starting JupyterLab on http://127.0.0.1:$(PORT)/lab/tree/notebooks/00_welcome.ipynb (the token is in the URL printed below)"
+	$(BIN)/jupyter lab --ServerApp.ip=127.0.0.1 --ServerApp.port=$(PORT) --ServerApp.root_dir=$(CURDIR) notebooks/00_welcome.ipynb
+
+lint: $(STAMP)
+	$(BIN)/ruff check mlakit tests bench scripts
+
+test-unit: $(STAMP)
+	$(BIN)/python -m pytest tests -q
+
+test-notebooks: $(STAMP)
+	$(BIN)/python -m pytest -q $(NBVAL_FLAGS) notebooks solutions
+
+test: $(STAMP)
+	@start=$$(date +%s); \
+	$(BIN)/ruff check mlakit tests bench scripts && \
+	MLAKIT_PROGRESS=0 $(BIN)/python -m pytest -q tests $(NBVAL_FLAGS) notebooks solutions; \
+	status=$$?; \
+	echo "make test: wall time $$(( $$(date +%s) - start )) s"; \
+	exit $$status
+
+notebooks: $(STAMP)
+	$(BIN)/python scripts/run_notebooks.py notebooks/*.ipynb $(wildcard solutions/*.ipynb)
+
+bench: $(STAMP)
+	@for f in bench/bench_*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis build *.egg-info

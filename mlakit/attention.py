@@ -1,0 +1,146 @@
+"""Baseline attention: multi-head (MHA), grouped-query (GQA) and multi-query (MQA), with a KV cache.
+
+These are the designs MLA is measured against (DeepSeek-V2 §2.1.1). One class
+covers all three: MHA has one KV head per query head, GQA (Ainslie et al. 2023,
+arXiv 2305.13245) shares each KV head among a group of query heads, MQA
+(Shazeer 2019, arXiv 1911.02150) shares one KV head among all of them. Only the
+number of KV heads changes, and with it the size of the cache.
+
+The cache is preallocated to a maximum length, so its memory is fixed up front
+and ``nbytes`` is exactly what :mod:`mlakit.kvcache` predicts; writing past the
+end raises a clear error instead of silently reallocating.
+
+The attention math is written out (scores, causal mask, softmax, weighted sum)
+rather than calling a fused kernel, so the lessons can read it line by line.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .config import ModelConfig
+from .layers import RotaryEmbedding, softmax_scale
+
+
+class CacheFullError(RuntimeError):
+    """Raised when a write would pass the cache's maximum length."""
+
+
+class KVCache:
+    """Keys and values of every layer, preallocated: (layers, B, n_kv, max_len, d_h) each.
+
+    ``append(layer, k, v)`` writes the new positions of one layer and returns the
+    keys and values cached so far for it. ``length`` is the number of positions
+    the last layer holds (all layers hold the same after a full forward pass).
+    """
+
+    def __init__(self, num_layers: int, batch_size: int, max_len: int, num_kv_heads: int,
+                 head_dim: int, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"):
+        for name, value in (("num_layers", num_layers), ("batch_size", batch_size), ("max_len", max_len),
+                            ("num_kv_heads", num_kv_heads), ("head_dim", head_dim)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"KVCache {name}={value!r} is invalid: must be a positive integer")
+        shape = (num_layers, batch_size, num_kv_heads, max_len, head_dim)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self.max_len = max_len
+        self.lengths = [0] * num_layers
+
+    @classmethod
+    def for_config(cls, config: ModelConfig, batch_size: int, max_len: int | None = None,
+                   dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> KVCache:
+        if config.attn_type == "mla":
+            raise ValueError("KVCache holds per-head keys and values; an MLA model caches latents (mlakit.mla)")
+        return cls(config.num_hidden_layers, batch_size, max_len or config.max_position_embeddings,
+                   config.num_key_value_heads, config.head_dim, dtype, device)
+
+    @property
+    def length(self) -> int:
+        return self.lengths[-1]
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the cache tensors (allocated, whether filled or not)."""
+        return self.k.nbytes + self.v.nbytes
+
+    def bytes_per_token(self) -> int:
+        """Bytes one position of one sequence occupies across all layers."""
+        return self.nbytes // (self.k.shape[1] * self.max_len)
+
+    def append(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write k, v of shape (B, n_kv, T, d_h) after the cached positions; return all of them."""
+        start = self.lengths[layer]
+        end = start + k.shape[2]
+        if end > self.max_len:
+            raise CacheFullError(
+                f"KV cache is full: layer {layer} holds {start} of {self.max_len} positions and "
+                f"{k.shape[2]} more were written; allocate a longer cache (max_len) or shorten the sequence"
+            )
+        self.k[layer, :, :, start:end] = k
+        self.v[layer, :, :, start:end] = v
+        self.lengths[layer] = end
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]  # (B, n_kv, end, d_h) each
+
+    def reset(self) -> None:
+        self.lengths = [0] * len(self.lengths)
+
+
+def causal_mask(q_len: int, k_len: int, device: torch.device | str | None = None) -> torch.Tensor:
+    """Boolean (q_len, k_len) mask, True where query i may see key j.
+
+    The queries are the last q_len of the k_len positions (a decode step after a
+    cached prefix), so query i sits at absolute position k_len - q_len + i.
+    """
+    return torch.ones(q_len, k_len, dtype=torch.bool, device=device).tril(diagonal=k_len - q_len)
+
+
+def scaled_dot_product_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
+                                 causal: bool = True) -> torch.Tensor:
+    """softmax(q k^T * scale + mask) v, for q (B, H, T, d) and k, v (B, H, S, d)."""
+    scores = (q @ k.transpose(-2, -1)) * scale  # (B, H, T, S)
+    if causal:
+        mask = causal_mask(q.shape[-2], k.shape[-2], q.device)
+        scores = scores.masked_fill(~mask, float("-inf"))
+    probs = torch.softmax(scores.float(), dim=-1).to(q.dtype)  # (B, H, T, S)
+    return probs @ v  # (B, H, T, d_v)
+
+
+class Attention(nn.Module):
+    """MHA / GQA / MQA self-attention with rotary embedding and an optional KV cache."""
+
+    def __init__(self, config: ModelConfig, layer_idx: int = 0):
+        super().__init__()
+        if config.attn_type == "mla":
+            raise ValueError("Attention implements attn_type 'mha', 'gqa' and 'mqa'; use mlakit.mla for 'mla'")
+        self.layer_idx = layer_idx
+        self.n_heads = config.num_attention_heads
+        self.n_kv_heads = config.num_key_value_heads
+        self.head_dim = config.head_dim
+        d = config.hidden_size
+        self.q_proj = nn.Linear(d, self.n_heads * self.head_dim, bias=False)
+        self.k_proj = nn.Linear(d, self.n_kv_heads * self.head_dim, bias=False)
+        self.v_proj = nn.Linear(d, self.n_kv_heads * self.head_dim, bias=False)
+        self.o_proj = nn.Linear(self.n_heads * self.head_dim, d, bias=False)
+        self.rope = RotaryEmbedding(self.head_dim, config.rope_theta, config.rope_interleave, config.rope_scaling)
+        self.scale = softmax_scale(self.head_dim, config.rope_scaling)
+
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        B, T, _ = x.shape
+        start = cache.lengths[self.layer_idx] if cache is not None else 0
+        positions = torch.arange(start, start + T, device=x.device)  # (T,)
+        q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, n_h, T, d_h)
+        k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, n_kv, T, d_h)
+        v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, n_kv, T, d_h)
+        q, k = self.rope(q, positions), self.rope(k, positions)
+        if cache is not None:
+            k, v = cache.append(self.layer_idx, k, v)  # (B, n_kv, S, d_h) each, S = start + T
+        group = self.n_heads // self.n_kv_heads
+        k = k.repeat_interleave(group, dim=1)  # (B, n_h, S, d_h): each KV head serves `group` query heads
+        v = v.repeat_interleave(group, dim=1)  # (B, n_h, S, d_h)
+        out = scaled_dot_product_attention(q, k, v, self.scale, causal=True)  # (B, n_h, T, d_h)
+        out = out.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)  # (B, T, n_h * d_h)
+        return self.o_proj(out)
+
+
+__all__ = ["Attention", "KVCache", "CacheFullError", "causal_mask", "scaled_dot_product_attention"]

@@ -1,0 +1,68 @@
+"""The course's decoder-only language model, assembled from the library's parts.
+
+Pre-norm blocks (RMSNorm -> attention -> residual, RMSNorm -> FFN -> residual),
+a final RMSNorm and an untied LM head, as in DeepSeek-V2/V3. This version
+supports the baseline attention families (MHA / GQA / MQA) and dense SwiGLU
+FFNs: the lessons on the KV cache use it. Multi-head latent attention, the
+DeepSeekMoE layers and multi-token prediction plug into the same blocks as the
+course builds them; a config that asks for a part not yet built is refused with
+a message that says which.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .attention import Attention, KVCache
+from .config import ModelConfig
+from .layers import RMSNorm, SwiGLU
+
+
+class Block(nn.Module):
+    """One pre-norm transformer block."""
+
+    def __init__(self, config: ModelConfig, layer_idx: int):
+        super().__init__()
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.self_attn = Attention(config, layer_idx)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.mlp = SwiGLU(config.hidden_size, config.intermediate_size)
+
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), cache)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class MiniDeepSeek(nn.Module):
+    """Embedding -> blocks -> RMSNorm -> LM head. ``forward(ids, cache)`` returns logits (B, T, vocab)."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        if config.attn_type == "mla":
+            raise NotImplementedError("MiniDeepSeek with attn_type='mla' arrives with mlakit.mla; "
+                                      "use config.variant('mha') (or 'gqa', 'mqa') for now")
+        if config.is_moe:
+            raise NotImplementedError("MiniDeepSeek with MoE layers arrives with mlakit.moe; "
+                                      "set n_routed_experts=0 for a dense model for now")
+        self.config = config
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(Block(config, i) for i in range(config.num_hidden_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        if config.tie_word_embeddings:
+            self.lm_head.weight = self.embed_tokens.weight
+
+    def new_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
+        """An empty cache sized for this model, in the dtype and on the device of its weights."""
+        w = self.embed_tokens.weight
+        return KVCache.for_config(self.config, batch_size, max_len, dtype=w.dtype, device=w.device)
+
+    def forward(self, input_ids: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        x = self.embed_tokens(input_ids)  # (B, T, d)
+        for layer in self.layers:
+            x = layer(x, cache)
+        return self.lm_head(self.norm(x))  # (B, T, vocab)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
