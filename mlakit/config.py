@@ -75,12 +75,14 @@ class ModelConfig:
     first_k_dense_replace: int = 1  # the first k layers use a dense FFN instead of MoE
 
     def __post_init__(self) -> None:
+        if not isinstance(self.attn_type, str) or self.attn_type not in ATTN_TYPES:
+            _fail("attn_type", self.attn_type, f"must be one of {', '.join(ATTN_TYPES)}")
         if self.num_key_value_heads is None:
             self.num_key_value_heads = {"mqa": 1}.get(self.attn_type, self.num_attention_heads)
-        if self.head_dim is None and self.attn_type in ATTN_TYPES:
+        if self.head_dim is None:
             if self.attn_type == "mla":
                 self.head_dim = self.qk_nope_head_dim
-            elif isinstance(self.num_attention_heads, int) and self.num_attention_heads > 0:
+            elif all(isinstance(v, int) and v > 0 for v in (self.hidden_size, self.num_attention_heads)):
                 self.head_dim = self.hidden_size // self.num_attention_heads
         self.validate()
 
@@ -89,9 +91,10 @@ class ModelConfig:
         """Raise ValueError naming the first field that is wrong."""
         positive = [
             "vocab_size", "hidden_size", "num_hidden_layers", "intermediate_size",
-            "max_position_embeddings", "num_attention_heads", "num_key_value_heads", "head_dim",
+            "max_position_embeddings", "num_attention_heads", "num_key_value_heads",
             "kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim",
             "moe_intermediate_size", "num_experts_per_tok", "n_group", "topk_group",
+            "head_dim",  # last: it may be derived from qk_nope_head_dim or hidden_size
         ]
         for name in positive:
             value = getattr(self, name)
@@ -131,7 +134,7 @@ class ModelConfig:
         if q is not None and (isinstance(q, bool) or not isinstance(q, int) or q < 1):
             _fail("q_lora_rank", q, "must be a positive integer, or None for a direct query projection")
 
-        if self.scoring_func not in SCORING_FUNCS:
+        if not isinstance(self.scoring_func, str) or self.scoring_func not in SCORING_FUNCS:
             _fail("scoring_func", self.scoring_func, f"must be one of {', '.join(SCORING_FUNCS)}")
         if self.n_routed_experts:
             if self.num_experts_per_tok > self.n_routed_experts:
