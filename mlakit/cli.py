@@ -1,4 +1,4 @@
-"""The ``mlakit`` command: ``mlakit doctor``, ``mlakit cache`` and, as the course grows, more."""
+"""The ``mlakit`` command: doctor, cache, exercises build/check, grade."""
 
 from __future__ import annotations
 
@@ -23,6 +23,29 @@ def _cmd_cache(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_exercises(args: argparse.Namespace) -> int:
+    from .exercises import build, drift
+
+    if args.action == "build":
+        for path in build(args.solutions, args.exercises):
+            print(f"wrote {path}")
+        return 0
+    problems = drift(args.solutions, args.exercises)
+    for p in problems:
+        print(f"out of date: {p}")
+    if problems:
+        print("run `make exercises` (or `mlakit exercises build`) to regenerate exercises/")
+        return 1
+    print("exercises/ is in step with solutions/")
+    return 0
+
+
+def _cmd_grade(args: argparse.Namespace) -> int:
+    from .grade import main
+
+    return main(args.notebook, as_json=args.json, timeout=args.timeout)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .config import list_presets
 
@@ -35,6 +58,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--context", type=int, default=128 * 1024, help="tokens in the sequence (default 131072)")
     p.add_argument("--dtype", default="bf16", choices=["fp32", "bf16", "fp16", "fp8"])
     p.set_defaults(func=_cmd_cache)
+    p = sub.add_parser("exercises", help="build exercises/ from solutions/, or check they are in step")
+    p.add_argument("action", choices=["build", "check"])
+    p.add_argument("--solutions", default="solutions")
+    p.add_argument("--exercises", default="exercises")
+    p.set_defaults(func=_cmd_exercises)
+    p = sub.add_parser("grade", help="run a learner's notebook and grade its exercises")
+    p.add_argument("notebook")
+    p.add_argument("--json", action="store_true", help="machine-readable report")
+    p.add_argument("--timeout", type=float, default=60, help="seconds per cell (default 60)")
+    p.set_defaults(func=_cmd_grade)
     return parser
 
 

@@ -44,7 +44,7 @@ def run_checks() -> tuple[list[Check], dict]:
         checks.append(Check(name, v, "OK" if v else "FAIL", "" if v else "not installed: run `make lab` or `pip install -e .[dev]`"))
     for name in OPTIONAL:
         v = _version(name)
-        checks.append(Check(name, v, "OK" if v else "optional", "" if v else "not installed (GPU kernels lesson: pip install -e .[gpu])"))
+        checks.append(Check(name, v, "OK" if v else "optional", "" if v else "not installed; for the GPU kernels lesson: pip install -e .[gpu]"))
     return checks, hardware()
 
 

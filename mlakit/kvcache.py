@@ -135,6 +135,13 @@ def decompose_v2_headline(v2_bits: int = 6, dense_bits: int = 16) -> HeadlineDec
     return HeadlineDecomposition(e_v2, e_dense, v2_bits, dense_bits, arch, quant, total)
 
 
+def default_gqa_groups(config: ModelConfig) -> int:
+    """KV heads to use for a GQA comparison: the config's own for a GQA model, else 8 (at most n_h)."""
+    if config.attn_type == "gqa":
+        return config.num_key_value_heads
+    return min(GQA_DEFAULT_GROUPS, config.num_attention_heads)
+
+
 def comparison_table(config: ModelConfig, seq_len: int = 128 * 1024, dtype: str | int = "bf16",
                      kinds: tuple[str, ...] | None = None) -> list[dict]:
     """Rows of per-design cache figures for one model: a list of dicts, ready for printing or pandas.
@@ -146,7 +153,7 @@ def comparison_table(config: ModelConfig, seq_len: int = 128 * 1024, dtype: str 
         kinds = ("mha", "gqa", "mqa", "mla") if config.attn_type == "mla" else ("mha", "gqa", "mqa")
     rows = []
     for kind in kinds:
-        groups = config.num_key_value_heads if config.attn_type == "gqa" else min(GQA_DEFAULT_GROUPS, config.num_attention_heads)
+        groups = default_gqa_groups(config)
         g = groups if kind == "gqa" else None
         label = f"gqa (g={groups})" if kind == "gqa" else kind
         rows.append({
@@ -164,8 +171,12 @@ def format_table(rows: list[dict], floatfmt: str = ".2f") -> str:
     if not rows:
         return ""
     cols = list(rows[0])
-    cells = [[f"{r[c]:,{floatfmt}}" if isinstance(r[c], float) else (f"{r[c]:,}" if isinstance(r[c], int) else str(r[c]))
-              for c in cols] for r in rows]
+    def cell(v) -> str:
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            return str(v)
+        return f"{v:,{floatfmt}}" if isinstance(v, float) else f"{v:,}"
+
+    cells = [[cell(r[c]) for c in cols] for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
     lines = ["  ".join(c.rjust(w) for c, w in zip(cols, widths, strict=True))]
     lines.append("  ".join("-" * w for w in widths))

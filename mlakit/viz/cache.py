@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..config import ModelConfig
-from ..kvcache import cache_bytes
+from ..kvcache import cache_bytes, default_gqa_groups
 
 GIB = 1024**3
 KIND_STYLE = {"mha": ("MHA", "tab:red"), "gqa": ("GQA", "tab:orange"), "mqa": ("MQA", "tab:green"),
@@ -27,10 +27,10 @@ def plot_cache_vs_context(config: ModelConfig, kinds=("mha", "gqa", "mqa"), dtyp
     contexts = np.unique(np.geomspace(256, max_context, 60).astype(int))
     for kind in kinds:
         label, color = KIND_STYLE[kind]
-        g = num_key_value_heads if kind == "gqa" else None
+        g = (num_key_value_heads or default_gqa_groups(config)) if kind == "gqa" else None
         sizes = [cache_bytes(config, int(t), batch_size, dtype, kind, g) / GIB for t in contexts]
         if kind == "gqa":
-            label = f"GQA ({g or config.num_key_value_heads} KV heads)"
+            label = f"GQA ({g} KV heads)"
         ax.plot(contexts, sizes, label=label, color=color, lw=2)
     for gb in gpu_memory_gb:
         ax.axhline(gb * 1e9 / GIB, color="black", ls="--", lw=1)

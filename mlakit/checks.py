@@ -1,0 +1,253 @@
+"""Exercise self-checks: run the learner's answer on prepared inputs, compare with the library, explain.
+
+Every checker takes the learner's function, runs it on a few prepared inputs,
+compares with the library's reference, prints one line and returns a
+:class:`CheckResult`::
+
+    [ex 01.1 causal_scores] PASS: matches the reference on 3 inputs
+    [ex 01.1 causal_scores] FAIL: position (0, 1) is not masked. Hint: a query may not see later keys ...
+    [ex 01.1 causal_scores] NOT ATTEMPTED: replace the `raise NotImplementedError` ...
+
+The first bracket is what ``mlakit grade`` reads. A checker never raises: an
+exception inside the learner's code becomes a FAIL with the exception named, so
+the notebook keeps running. Lessons that build on an exercise use
+:func:`use_or_fallback` to continue with the library's version until the
+learner's one passes.
+
+Hints are diagnoses, not the answer: each checker tries the mistakes learners
+make most (a missing mask, the wrong scale, a transpose, K without V) and says
+which one it sees.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from .attention import causal_mask
+
+PASS, FAIL, NOT_ATTEMPTED = "PASS", "FAIL", "NOT ATTEMPTED"
+RESULT_LINE = re.compile(r"^\[ex (?P<exercise>[\w.]+) (?P<name>\w+)\] (?P<status>PASS|FAIL|NOT ATTEMPTED): ?(?P<message>.*)$")
+
+
+@dataclass
+class CheckResult:
+    exercise: str  # "01.1": lesson and number
+    name: str  # the function the learner writes
+    status: str  # PASS, FAIL or NOT ATTEMPTED
+    message: str
+
+    @property
+    def passed(self) -> bool:
+        return self.status == PASS
+
+    def line(self) -> str:
+        return f"[ex {self.exercise} {self.name}] {self.status}: {self.message}"
+
+    def __repr__(self) -> str:
+        return self.line()
+
+
+class _Fail(Exception):
+    """Raised inside a checker to stop at the first problem found."""
+
+
+def _run(exercise: str, name: str, body: Callable[[], str]) -> CheckResult:
+    try:
+        result = CheckResult(exercise, name, PASS, body())
+    except NotImplementedError:
+        result = CheckResult(exercise, name, NOT_ATTEMPTED,
+                             f"replace the `raise NotImplementedError` in `{name}` with your code, then run this cell again")
+    except _Fail as e:
+        result = CheckResult(exercise, name, FAIL, str(e))
+    except Exception as e:  # noqa: BLE001 - the learner's code may raise anything; report it, never crash
+        result = CheckResult(exercise, name, FAIL, f"your code raised {type(e).__name__}: {e}")
+    print(result.line())
+    return result
+
+
+def _expect_tensor(value, expected_shape: tuple, what: str) -> torch.Tensor:
+    if not isinstance(value, torch.Tensor):
+        raise _Fail(f"{what} should be a torch.Tensor, got {type(value).__name__}")
+    if tuple(value.shape) != tuple(expected_shape):
+        got, want = tuple(value.shape), tuple(expected_shape)
+        dims = [i for i, (a, b) in enumerate(zip(got, want, strict=False)) if a != b]
+        where = f" (dimension {dims[0]} differs)" if len(got) == len(want) and dims else ""
+        raise _Fail(f"{what} has shape {got}; expected {want}{where}")
+    return value
+
+
+def _close(a: torch.Tensor, b: torch.Tensor, atol: float = 1e-5, rtol: float = 1e-4) -> bool:
+    finite = torch.isfinite(b)
+    if not torch.equal(torch.isfinite(a), finite):
+        return False
+    return bool(torch.allclose(a[finite], b[finite], atol=atol, rtol=rtol))
+
+
+def use_or_fallback(result: CheckResult, learner: Callable, reference: Callable) -> Callable:
+    """The learner's function when its check passed, else the library's (and say so)."""
+    if result.passed:
+        return learner
+    print(f"(using the library's version of `{result.name}` until exercise {result.exercise} passes)")
+    return reference
+
+
+# ============================================================ lesson 01
+def reference_causal_scores(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """Scaled attention scores with a causal mask: q k^T / sqrt(d), -inf where key j is after query i."""
+    scores = q @ k.transpose(-2, -1) / q.shape[-1] ** 0.5  # (..., T, S)
+    return scores.masked_fill(~causal_mask(q.shape[-2], k.shape[-2], q.device), float("-inf"))
+
+
+def check_causal_scores(causal_scores: Callable) -> CheckResult:
+    """Exercise 01.1: causal_scores(q, k) -> (B, H, T, T) scaled scores, -inf above the diagonal."""
+
+    def body() -> str:
+        g = torch.Generator().manual_seed(11)
+        shapes = [(2, 3, 5, 8), (1, 1, 4, 16), (1, 2, 1, 4)]
+        for shape in shapes:
+            q, k = torch.randn(shape, generator=g), torch.randn(shape, generator=g)
+            want = reference_causal_scores(q, k)
+            got = _expect_tensor(causal_scores(q.clone(), k.clone()), want.shape, "the scores")
+            if _close(got, want):
+                continue
+            d = shape[-1]
+            upper = ~causal_mask(shape[-2], shape[-2])
+            lower = ~upper
+            if upper.any() and (got[..., upper] <= -1e4).all() and _close(got[..., lower], want[..., lower]):
+                continue  # a large negative number instead of -inf gives the same softmax
+            if upper.any() and torch.isfinite(got[..., upper]).all():
+                i, j = upper.nonzero()[0].tolist()
+                raise _Fail(f"position ({i}, {j}) is not masked. Hint: a query may not see later keys; "
+                            "fill the scores above the diagonal with float('-inf') (torch.tril or masked_fill)")
+            raw = q @ k.transpose(-2, -1)
+            if _close(got[..., lower], raw[..., lower]):
+                raise _Fail(f"the scores are not scaled. Hint: divide q k^T by sqrt(d) = sqrt({d})")
+            if _close(got[..., lower], raw[..., lower] / d):
+                raise _Fail(f"the scores are divided by d = {d}. Hint: the scale is 1/sqrt(d), not 1/d")
+            swapped = reference_causal_scores(k, q)
+            if _close(got, swapped):
+                raise _Fail("rows and columns are swapped. Hint: scores[i, j] = q_i . k_j, i.e. q @ k.transpose(-2, -1)")
+            if upper.any() and not torch.isinf(got[..., upper]).all() and (got[..., upper] == 0).all():
+                raise _Fail("the masked positions are 0. Hint: use -inf, so softmax gives them weight exactly 0")
+            raise _Fail(f"values differ from the reference for q and k of shape {shape}. "
+                        "Hint: scores = q @ k.transpose(-2, -1) / sqrt(d), then mask positions j > i")
+        return f"matches the reference on {len(shapes)} inputs"
+
+    return _run("01.1", "causal_scores", body)
+
+
+def reference_append_kv(cache_k, cache_v, length, k_new, v_new):
+    """Write k_new, v_new (B, H, T, d) at [length, length + T) of the preallocated cache; return the filled part."""
+    end = length + k_new.shape[-2]
+    if end > cache_k.shape[-2]:
+        raise ValueError(f"cache full: {length} + {k_new.shape[-2]} > {cache_k.shape[-2]}")
+    cache_k[..., length:end, :] = k_new
+    cache_v[..., length:end, :] = v_new
+    return cache_k[..., :end, :], cache_v[..., :end, :], end
+
+
+def check_append_kv(append_kv: Callable) -> CheckResult:
+    """Exercise 01.2: append_kv(cache_k, cache_v, length, k_new, v_new) -> (keys, values, new_length)."""
+
+    def body() -> str:
+        g = torch.Generator().manual_seed(12)
+        B, H, max_len, d = 2, 3, 8, 4
+        ck, cv = torch.zeros(B, H, max_len, d), torch.zeros(B, H, max_len, d)
+        rk, rv = ck.clone(), cv.clone()
+        length = ref_len = 0
+        for step, t in enumerate((3, 1, 2)):
+            k, v = torch.randn(B, H, t, d, generator=g), torch.randn(B, H, t, d, generator=g)
+            out = append_kv(ck, cv, length, k, v)
+            if not (isinstance(out, tuple) and len(out) == 3):
+                raise _Fail("return a tuple (keys, values, new_length)")
+            keys, values, length = out
+            wk, wv, ref_len = reference_append_kv(rk, rv, ref_len, k, v)
+            if length != ref_len:
+                raise _Fail(f"after appending {t} token(s) at step {step + 1} the length is {length}; expected {ref_len}. "
+                            "Hint: new_length = length + number of new positions (k_new.shape[-2])")
+            if isinstance(keys, torch.Tensor) and tuple(keys.shape) == (B, H, max_len, d) and ref_len < max_len:
+                raise _Fail("you returned the whole buffer. Hint: return only the filled part, cache_k[..., :new_length, :]")
+            keys = _expect_tensor(keys, wk.shape, f"keys after step {step + 1}")
+            values = _expect_tensor(values, wv.shape, f"values after step {step + 1}")
+            if _close(keys, wk) and not _close(values, wv):
+                if _close(values, wk):
+                    raise _Fail("the values are the keys. Hint: write v_new into cache_v and return cache_v's filled part")
+                raise _Fail("the keys are right but the values are not. Hint: treat cache_v exactly like cache_k")
+            if not _close(keys, wk):
+                if step > 0 and _close(keys[..., :t, :], k):
+                    raise _Fail("the new keys were written at position 0, over the earlier ones. "
+                                "Hint: write at positions [length, length + T)")
+                raise _Fail(f"the keys after step {step + 1} differ from the expected ones. "
+                            "Hint: cache_k[..., length:length + T, :] = k_new")
+        try:
+            append_kv(torch.zeros(1, 1, 2, 2), torch.zeros(1, 1, 2, 2), 2, torch.ones(1, 1, 1, 2), torch.ones(1, 1, 1, 2))
+        except (ValueError, RuntimeError, IndexError):
+            pass
+        else:
+            raise _Fail("writing past the end of a full cache did not raise. Hint: raise ValueError when "
+                        "length + T > cache_k.shape[-2] (slicing past the end silently writes nothing)")
+        return "appends, returns the filled part, tracks the length and refuses to overflow"
+
+    return _run("01.2", "append_kv", body)
+
+
+def reference_gqa_cache_bytes(num_layers, num_kv_heads, head_dim, seq_len, batch_size, bytes_per_element):
+    """2 (K and V) x layers x KV heads x head_dim x tokens x batch x bytes per element."""
+    return 2 * num_layers * num_kv_heads * head_dim * seq_len * batch_size * bytes_per_element
+
+
+def check_gqa_cache_bytes(gqa_cache_bytes: Callable) -> CheckResult:
+    """Exercise 01.3: the cache size formula for grouped-query attention."""
+
+    def body() -> str:
+        cases = [(80, 8, 128, 131072, 1, 2), (32, 8, 128, 4096, 4, 2), (2, 1, 16, 10, 3, 4), (95, 8, 128, 1, 1, 2)]
+        for args in cases:
+            got = gqa_cache_bytes(*args)
+            want = reference_gqa_cache_bytes(*args)
+            if got == want:
+                continue
+            layers, kv, d, t, b, nbytes = args
+            if got == want // 2:
+                raise _Fail(f"for {args} you get {got:,}, half the expected {want:,}. Hint: the cache holds keys AND values")
+            if nbytes > 1 and got == want // nbytes:
+                raise _Fail(f"for {args} you get {got:,} elements, not bytes. Hint: multiply by bytes_per_element")
+            if got == want * 8:
+                raise _Fail(f"for {args} you get {got:,}: that is bits. Hint: bytes_per_element is already in bytes")
+            if layers > 1 and got == want // layers:
+                raise _Fail(f"for {args} you get {got:,}, one layer's worth. Hint: every layer has its own cache")
+            if b > 1 and got == want // b:
+                raise _Fail(f"for {args} you get {got:,}, one sequence's worth. Hint: multiply by batch_size")
+            raise _Fail(f"for (layers, kv_heads, head_dim, seq_len, batch, bytes) = {args} you get {got!r}; "
+                        f"expected {want:,}. Hint: 2 x layers x kv_heads x head_dim x seq_len x batch x bytes")
+        return f"right on {len(cases)} configurations, Llama-3-70B at 128k included"
+
+    return _run("01.3", "gqa_cache_bytes", body)
+
+
+def reference_repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
+    """(B, n_kv, T, d) -> (B, n_kv * n_rep, T, d): KV head h serves query heads h*n_rep ... h*n_rep + n_rep - 1."""
+    return x.repeat_interleave(n_rep, dim=1)
+
+
+def check_repeat_kv(repeat_kv: Callable) -> CheckResult:
+    """Exercise 01.4: expand shared KV heads to the query heads for GQA."""
+
+    def body() -> str:
+        g = torch.Generator().manual_seed(14)
+        for n_kv, n_rep in ((2, 3), (1, 4), (4, 1)):
+            x = torch.randn(2, n_kv, 5, 6, generator=g)
+            want = reference_repeat_kv(x, n_rep)
+            got = _expect_tensor(repeat_kv(x.clone(), n_rep), want.shape, f"repeat_kv(x, {n_rep}) for {n_kv} KV heads")
+            if _close(got, want, atol=0, rtol=0):
+                continue
+            if _close(got, x.repeat(1, n_rep, 1, 1), atol=0, rtol=0):
+                raise _Fail("the heads come out in the order 0,1,0,1,... . Hint: consecutive query heads share a KV head, "
+                            "so the order is 0,0,1,1,...: use repeat_interleave along dim 1")
+            raise _Fail(f"wrong values for {n_kv} KV heads repeated {n_rep} times. Hint: x.repeat_interleave(n_rep, dim=1)")
+        return "expands KV heads in the right order"
+
+    return _run("01.4", "repeat_kv", body)

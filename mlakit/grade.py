@@ -1,0 +1,190 @@
+"""Grade a learner's notebook: run it in a fresh kernel, read every exercise check, report a score.
+
+``mlakit grade PATH.ipynb [--json] [--timeout S]``
+
+The notebook is read, executed in memory and never written back. Every cell
+runs with a timeout (an infinite loop is interrupted and reported); errors do
+not stop the run (a syntax error in one exercise does not cost the others);
+each cell's output is capped so a cell that prints without end cannot exhaust
+memory. The exercises are the check cells (cells that call ``checks.check_*``);
+each one's status is the line its checker printed (see :mod:`mlakit.checks`),
+or, when the check cell could not run, the error it raised.
+
+Exit status: 0 only when every exercise passes.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import nbformat
+from nbclient import NotebookClient
+
+from .checks import FAIL, NOT_ATTEMPTED, PASS, RESULT_LINE
+
+CHECK_CALL = re.compile(r"checks\.(check_\w+)\s*\(")
+MAX_OUTPUT_CHARS = 20_000  # per cell; the rest is dropped (result lines are always kept)
+TIMEOUT_NAME = "CellTimeoutError"
+
+
+@dataclass
+class ExerciseGrade:
+    exercise: str
+    name: str
+    status: str  # PASS, FAIL, NOT ATTEMPTED
+    message: str
+
+
+@dataclass
+class GradeReport:
+    notebook: str
+    exercises: list[ExerciseGrade] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)  # cells outside the checks that failed
+    seconds: float = 0.0
+
+    @property
+    def passed(self) -> int:
+        return sum(e.status == PASS for e in self.exercises)
+
+    @property
+    def total(self) -> int:
+        return len(self.exercises)
+
+    @property
+    def ok(self) -> bool:
+        return self.total > 0 and self.passed == self.total
+
+    def to_dict(self) -> dict:
+        return {"notebook": self.notebook, "score": self.passed, "total": self.total, "ok": self.ok,
+                "seconds": round(self.seconds, 1), "exercises": [asdict(e) for e in self.exercises],
+                "errors": self.errors}
+
+    def text(self) -> str:
+        lines = [f"Grading {self.notebook}", ""]
+        width = max((len(e.exercise) + len(e.name) + 1 for e in self.exercises), default=10)
+        for e in self.exercises:
+            label = f"{e.exercise} {e.name}".ljust(width)
+            status = {PASS: "passed", FAIL: "failed", NOT_ATTEMPTED: "not attempted"}[e.status]
+            lines.append(f"  {label}  {status:<13}  {e.message}")
+        if not self.exercises:
+            lines.append("  no exercise checks found (cells calling checks.check_...)")
+        for err in self.errors:
+            lines.append(f"  note: {err}")
+        lines += ["", f"Score: {self.passed}/{self.total}" + ("  all exercises pass" if self.ok else "")]
+        return "\n".join(lines)
+
+
+class _CappedClient(NotebookClient):
+    """A NotebookClient that keeps at most MAX_OUTPUT_CHARS of stream output per cell."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._chars: dict[int, int] = {}
+
+    def output(self, outs, msg, display_id, cell_index):
+        content = msg.get("content", {})
+        if msg["msg_type"] == "stream":
+            used = self._chars.get(cell_index, 0)
+            text = content.get("text", "")
+            if used + len(text) > MAX_OUTPUT_CHARS:
+                keep = "".join(line for line in text.splitlines(True) if RESULT_LINE.match(line))
+                if used <= MAX_OUTPUT_CHARS:
+                    keep = f"\n[output truncated after {MAX_OUTPUT_CHARS:,} characters]\n" + keep
+                self._chars[cell_index] = MAX_OUTPUT_CHARS + 1
+                if not keep:
+                    return None
+                content["text"] = keep
+            else:
+                self._chars[cell_index] = used + len(text)
+        return super().output(outs, msg, display_id, cell_index)
+
+
+def _cell_text(cell) -> str:
+    parts = []
+    for out in cell.get("outputs", []):
+        if out.get("output_type") == "stream":
+            parts.append(out.get("text", ""))
+        elif out.get("output_type") in ("execute_result", "display_data"):
+            parts.append(out.get("data", {}).get("text/plain", ""))
+    return "".join(parts)
+
+
+def _cell_error(cell) -> tuple[str, str] | None:
+    for out in cell.get("outputs", []):
+        if out.get("output_type") == "error":
+            return out.get("ename", "Error"), out.get("evalue", "")
+    return None
+
+
+def _exercise_id(check_name: str) -> str:
+    """'01.1' from the checker's docstring ("Exercise 01.1: ..."), '?' for an unknown checker."""
+    from . import checks
+
+    m = re.match(r"Exercise ([\w.]+):", (getattr(checks, check_name, None).__doc__ or "") if hasattr(checks, check_name) else "")
+    return m.group(1) if m else "?"
+
+
+def _describe(error: tuple[str, str], timeout: float) -> str:
+    ename, evalue = error
+    if ename in (TIMEOUT_NAME, "KeyboardInterrupt"):
+        return f"timed out after {timeout:g} s (an endless loop?)"
+    return f"{ename}: {evalue}".strip().rstrip(":")
+
+
+def grade(path: str | Path, timeout: float = 60, kernel_name: str = "python3", startup_timeout: float = 120) -> GradeReport:
+    """Execute the notebook at ``path`` in a fresh kernel and grade its exercise checks."""
+    path = Path(path)
+    nb = nbformat.read(path, as_version=4)  # the file is only read, never written
+    report = GradeReport(str(path))
+    client = _CappedClient(
+        nb, timeout=timeout, startup_timeout=startup_timeout, kernel_name=kernel_name, allow_errors=True,
+        interrupt_on_timeout=True, record_timing=False, extra_arguments=["--log-level=ERROR"],
+        error_on_timeout={"ename": TIMEOUT_NAME, "evalue": f"cell timed out after {timeout:g} s", "traceback": []},
+        resources={"metadata": {"path": str(path.parent.resolve())}},
+    )
+    start = time.perf_counter()
+    last_error: tuple[int, tuple[str, str]] | None = None  # the latest failing non-check cell
+    with client.setup_kernel():
+        for index, cell in enumerate(nb.cells):
+            if cell.cell_type != "code":
+                continue
+            client.execute_cell(cell, index)
+            error = _cell_error(cell)
+            calls = CHECK_CALL.findall(cell.source)
+            if not calls:
+                if error:
+                    last_error = (index, error)
+                    if error[0] != "NotImplementedError":
+                        report.errors.append(f"cell {index} raised {_describe(error, timeout)}")
+                continue
+            results = [m for line in _cell_text(cell).splitlines() if (m := RESULT_LINE.match(line))]
+            for m in results:
+                report.exercises.append(ExerciseGrade(m["exercise"], m["name"], m["status"], m["message"]))
+            for name in calls[len(results):]:  # checks that printed nothing: the cell failed before them
+                if error and error[0] in (TIMEOUT_NAME, "KeyboardInterrupt"):
+                    status, message = FAIL, _describe(error, timeout)
+                elif last_error and last_error[1][0] == "NotImplementedError":
+                    status, message = NOT_ATTEMPTED, "the exercise cell above still raises NotImplementedError"
+                elif last_error:
+                    status, message = FAIL, f"the exercise cell above failed: {_describe(last_error[1], timeout)}"
+                elif error:
+                    status, message = FAIL, f"the check could not run: {_describe(error, timeout)}"
+                else:
+                    status, message = FAIL, "the check printed no result"
+                report.exercises.append(ExerciseGrade(_exercise_id(name), name.removeprefix("check_"), status, message))
+            last_error = None
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def main(path: str, as_json: bool = False, timeout: float = 60) -> int:
+    if not Path(path).is_file():
+        print(f"mlakit grade: no such notebook: {path}")
+        return 2
+    report = grade(path, timeout=timeout)
+    print(json.dumps(report.to_dict(), indent=2) if as_json else report.text())
+    return 0 if report.ok else 1
