@@ -10,12 +10,14 @@ KERNEL := mlakit
 PORT   ?= 8888
 NBVAL_FLAGS := --nbval-lax --nbval-current-env --nbval-cell-timeout=300 --nbval-sanitize-with tests/nbval_sanitize.cfg
 
-.PHONY: help venv lab test test-unit test-notebooks lint notebooks bench doctor clean
+.PHONY: help venv lab test test-unit test-notebooks lint notebooks exercises grade bench doctor clean
 
 help:
 	@echo "make lab        open the course in JupyterLab (creates .venv on first use)"
 	@echo "make test       lint, unit tests and notebook validation"
-	@echo "make notebooks  re-execute notebooks/ and solutions/ in place (authors)"
+	@echo "make notebooks  re-execute notebooks/ and solutions/ in place, then rebuild exercises/ (authors)"
+	@echo "make exercises  regenerate exercises/ from solutions/"
+	@echo "make grade NB=exercises/01_attention_and_kv_cache.ipynb   grade a notebook"
 	@echo "make bench      run the benchmarks in bench/"
 	@echo "make doctor     check the environment"
 
@@ -55,6 +57,13 @@ test: $(STAMP)
 
 notebooks: $(STAMP)
 	$(BIN)/python scripts/run_notebooks.py notebooks/*.ipynb $(wildcard solutions/*.ipynb)
+	$(BIN)/mlakit exercises build
+
+exercises: $(STAMP)
+	$(BIN)/mlakit exercises build
+
+grade: $(STAMP)
+	$(BIN)/mlakit grade $(NB)
 
 bench: $(STAMP)
 	@for f in bench/bench_*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done

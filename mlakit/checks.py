@@ -119,6 +119,8 @@ def check_causal_scores(causal_scores: Callable) -> CheckResult:
             lower = ~upper
             if upper.any() and (got[..., upper] <= -1e4).all() and _close(got[..., lower], want[..., lower]):
                 continue  # a large negative number instead of -inf gives the same softmax
+            if upper.any() and (got[..., upper] == 0).all() and _close(got[..., lower], want[..., lower]):
+                raise _Fail("the masked positions are 0. Hint: use -inf, so softmax gives them weight exactly 0")
             if upper.any() and torch.isfinite(got[..., upper]).all():
                 i, j = upper.nonzero()[0].tolist()
                 raise _Fail(f"position ({i}, {j}) is not masked. Hint: a query may not see later keys; "
@@ -131,8 +133,6 @@ def check_causal_scores(causal_scores: Callable) -> CheckResult:
             swapped = reference_causal_scores(k, q)
             if _close(got, swapped):
                 raise _Fail("rows and columns are swapped. Hint: scores[i, j] = q_i . k_j, i.e. q @ k.transpose(-2, -1)")
-            if upper.any() and not torch.isinf(got[..., upper]).all() and (got[..., upper] == 0).all():
-                raise _Fail("the masked positions are 0. Hint: use -inf, so softmax gives them weight exactly 0")
             raise _Fail(f"values differ from the reference for q and k of shape {shape}. "
                         "Hint: scores = q @ k.transpose(-2, -1) / sqrt(d), then mask positions j > i")
         return f"matches the reference on {len(shapes)} inputs"
@@ -202,28 +202,27 @@ def reference_gqa_cache_bytes(num_layers, num_kv_heads, head_dim, seq_len, batch
 
 def check_gqa_cache_bytes(gqa_cache_bytes: Callable) -> CheckResult:
     """Exercise 01.3: the cache size formula for grouped-query attention."""
+    # Common mistakes, each as what it would compute from the right answer and the arguments.
+    mistakes = [
+        (lambda w, a: w // 2, "the cache holds keys AND values: count both"),
+        (lambda w, a: w // a[5], "that counts elements, not bytes: multiply by bytes_per_element"),
+        (lambda w, a: w * 8, "that is bits: bytes_per_element is already in bytes"),
+        (lambda w, a: w // a[0], "that is one layer's worth: every layer has its own cache"),
+        (lambda w, a: w // a[4], "that is one sequence's worth: multiply by batch_size"),
+    ]
 
     def body() -> str:
         cases = [(80, 8, 128, 131072, 1, 2), (32, 8, 128, 4096, 4, 2), (2, 1, 16, 10, 3, 4), (95, 8, 128, 1, 1, 2)]
-        for args in cases:
-            got = gqa_cache_bytes(*args)
-            want = reference_gqa_cache_bytes(*args)
-            if got == want:
-                continue
-            layers, kv, d, t, b, nbytes = args
-            if got == want // 2:
-                raise _Fail(f"for {args} you get {got:,}, half the expected {want:,}. Hint: the cache holds keys AND values")
-            if nbytes > 1 and got == want // nbytes:
-                raise _Fail(f"for {args} you get {got:,} elements, not bytes. Hint: multiply by bytes_per_element")
-            if got == want * 8:
-                raise _Fail(f"for {args} you get {got:,}: that is bits. Hint: bytes_per_element is already in bytes")
-            if layers > 1 and got == want // layers:
-                raise _Fail(f"for {args} you get {got:,}, one layer's worth. Hint: every layer has its own cache")
-            if b > 1 and got == want // b:
-                raise _Fail(f"for {args} you get {got:,}, one sequence's worth. Hint: multiply by batch_size")
-            raise _Fail(f"for (layers, kv_heads, head_dim, seq_len, batch, bytes) = {args} you get {got!r}; "
-                        f"expected {want:,}. Hint: 2 x layers x kv_heads x head_dim x seq_len x batch x bytes")
-        return f"right on {len(cases)} configurations, Llama-3-70B at 128k included"
+        got = [gqa_cache_bytes(*args) for args in cases]
+        want = [reference_gqa_cache_bytes(*args) for args in cases]
+        if got == want:
+            return f"right on {len(cases)} configurations, Llama-3-70B at 128k included"
+        wrong = next(i for i in range(len(cases)) if got[i] != want[i])
+        where = f"for (layers, kv_heads, head_dim, seq_len, batch, bytes) = {cases[wrong]} you get {got[wrong]!r}; expected {want[wrong]:,}"
+        for mistake, hint in mistakes:
+            if all(g == mistake(w, a) for g, w, a in zip(got, want, cases, strict=True)):
+                raise _Fail(f"{where}. Hint: {hint}")
+        raise _Fail(f"{where}. Hint: 2 x layers x kv_heads x head_dim x seq_len x batch x bytes_per_element")
 
     return _run("01.3", "gqa_cache_bytes", body)
 

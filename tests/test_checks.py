@@ -1,0 +1,150 @@
+"""Every checker passes the reference answer and fails known-wrong answers with the right hint."""
+
+import pytest
+import torch
+
+from mlakit import checks
+from mlakit.checks import FAIL, NOT_ATTEMPTED, PASS
+
+
+def _not_done(*args, **kwargs):
+    raise NotImplementedError
+
+
+# ---------------------------------------------------------------- 01.1
+def _no_mask(q, k):
+    return q @ k.transpose(-2, -1) / q.shape[-1] ** 0.5
+
+
+def _no_scale(q, k):
+    s = q @ k.transpose(-2, -1)
+    return s.masked_fill(torch.ones(s.shape[-2:], dtype=torch.bool).triu(1), float("-inf"))
+
+
+def _divide_by_d(q, k):
+    return checks.reference_causal_scores(q, k) * q.shape[-1] ** 0.5 / q.shape[-1]
+
+
+def _transposed(q, k):
+    return checks.reference_causal_scores(k, q)
+
+
+def _zero_mask(q, k):
+    return torch.nan_to_num(checks.reference_causal_scores(q, k), neginf=0.0)
+
+
+def _big_negative(q, k):
+    return torch.nan_to_num(checks.reference_causal_scores(q, k), neginf=-1e9)
+
+
+def _wrong_shape(q, k):
+    return checks.reference_causal_scores(q, k)[..., :-1]
+
+
+@pytest.mark.parametrize("fn, status, phrase", [
+    (checks.reference_causal_scores, PASS, "matches"),
+    (_big_negative, PASS, "matches"),
+    (_no_mask, FAIL, "not masked"),
+    (_no_scale, FAIL, "not scaled"),
+    (_divide_by_d, FAIL, "1/sqrt(d), not 1/d"),
+    (_transposed, FAIL, "swapped"),
+    (_zero_mask, FAIL, "masked positions are 0"),
+    (_wrong_shape, FAIL, "dimension 3 differs"),
+    (_not_done, NOT_ATTEMPTED, "NotImplementedError"),
+    (lambda q, k: 1 / 0, FAIL, "ZeroDivisionError"),
+    (lambda q, k: q.numpy(), FAIL, "torch.Tensor"),
+])
+def test_check_causal_scores(fn, status, phrase, capsys):
+    result = checks.check_causal_scores(fn)
+    assert result.status == status
+    assert phrase in result.message
+    assert capsys.readouterr().out.strip() == result.line()
+
+
+# ---------------------------------------------------------------- 01.2
+def _overwrite_from_zero(ck, cv, length, k, v):
+    t = k.shape[-2]
+    ck[..., :t, :] = k
+    cv[..., :t, :] = v
+    return ck[..., :length + t, :], cv[..., :length + t, :], length + t
+
+
+def _whole_buffer(ck, cv, length, k, v):
+    _, _, end = checks.reference_append_kv(ck, cv, length, k, v)
+    return ck, cv, end
+
+
+def _length_not_updated(ck, cv, length, k, v):
+    keys, values, _ = checks.reference_append_kv(ck, cv, length, k, v)
+    return keys, values, length
+
+
+def _values_are_keys(ck, cv, length, k, v):
+    keys, _, end = checks.reference_append_kv(ck, cv, length, k, v)
+    return keys, keys, end
+
+
+def _no_overflow_check(ck, cv, length, k, v):
+    end = length + k.shape[-2]
+    ck[..., length:end, :] = k
+    cv[..., length:end, :] = v
+    return ck[..., :end, :], cv[..., :end, :], end
+
+
+@pytest.mark.parametrize("fn, status, phrase", [
+    (checks.reference_append_kv, PASS, "appends"),
+    (_overwrite_from_zero, FAIL, "position 0"),
+    (_whole_buffer, FAIL, "whole buffer"),
+    (_length_not_updated, FAIL, "new_length"),
+    (_values_are_keys, FAIL, "values are the keys"),
+    (_no_overflow_check, FAIL, "did not raise"),
+    (lambda *a: None, FAIL, "tuple"),
+    (_not_done, NOT_ATTEMPTED, "append_kv"),
+])
+def test_check_append_kv(fn, status, phrase):
+    result = checks.check_append_kv(fn)
+    assert result.status == status, result.message
+    assert phrase in result.message
+
+
+# ---------------------------------------------------------------- 01.3
+@pytest.mark.parametrize("fn, status, phrase", [
+    (checks.reference_gqa_cache_bytes, PASS, "Llama-3-70B"),
+    (lambda L, g, d, t, b, e: L * g * d * t * b * e, FAIL, "keys AND values"),
+    (lambda L, g, d, t, b, e: 2 * L * g * d * t * b, FAIL, "not bytes"),
+    (lambda L, g, d, t, b, e: 16 * L * g * d * t * b * e, FAIL, "that is bits"),
+    (lambda L, g, d, t, b, e: 2 * g * d * t * b * e, FAIL, "every layer"),
+    (lambda L, g, d, t, b, e: 2 * L * g * d * t * e, FAIL, "batch_size"),
+    (lambda L, g, d, t, b, e: 2 * L * 64 * d * t * b * e, FAIL, "Hint"),
+    (_not_done, NOT_ATTEMPTED, "gqa_cache_bytes"),
+])
+def test_check_gqa_cache_bytes(fn, status, phrase):
+    result = checks.check_gqa_cache_bytes(fn)
+    assert result.status == status, result.message
+    assert phrase in result.message
+
+
+# ---------------------------------------------------------------- 01.4
+@pytest.mark.parametrize("fn, status, phrase", [
+    (checks.reference_repeat_kv, PASS, "right order"),
+    (lambda x, n: x.repeat(1, n, 1, 1), FAIL, "0,0,1,1"),
+    (lambda x, n: x, FAIL, "shape"),
+    (lambda x, n: x.repeat_interleave(n, dim=1) * 2, FAIL, "repeat_interleave"),
+    (_not_done, NOT_ATTEMPTED, "repeat_kv"),
+])
+def test_check_repeat_kv(fn, status, phrase):
+    result = checks.check_repeat_kv(fn)
+    assert result.status == status, result.message
+    assert phrase in result.message
+
+
+def test_result_lines_parse_and_fallback_says_so(capsys):
+    good = checks.check_repeat_kv(checks.reference_repeat_kv)
+    bad = checks.check_repeat_kv(_not_done)
+    for r in (good, bad):
+        m = checks.RESULT_LINE.match(r.line())
+        assert m and m["exercise"] == "01.4" and m["status"] == r.status
+    capsys.readouterr()
+    assert checks.use_or_fallback(good, len, max) is len
+    assert checks.use_or_fallback(bad, len, max) is max
+    assert "using the library's version" in capsys.readouterr().out
