@@ -8,6 +8,7 @@ STAMP  := $(VENV)/.installed
 TORCH  ?= torch==2.13.0
 KERNEL := mlakit
 PORT   ?= 8888
+ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)  # Jupyter refuses root unless told (containers)
 NBVAL_FLAGS := --nbval-lax --nbval-current-env --nbval-cell-timeout=300 --nbval-sanitize-with tests/nbval_sanitize.cfg
 
 .PHONY: help venv lab test test-unit test-notebooks lint notebooks exercises grade bench doctor clean
@@ -36,7 +37,7 @@ doctor: $(STAMP)
 
 lab: $(STAMP)
 	@echo "Starting JupyterLab on http://127.0.0.1:$(PORT)/lab/tree/notebooks/00_welcome.ipynb (the token is in the URL printed below)"
-	$(BIN)/jupyter lab --ServerApp.ip=127.0.0.1 --ServerApp.port=$(PORT) --ServerApp.root_dir=$(CURDIR) notebooks/00_welcome.ipynb
+	$(BIN)/jupyter lab --ServerApp.ip=127.0.0.1 --ServerApp.port=$(PORT) --ServerApp.root_dir=$(CURDIR) $(ROOT_FLAG) notebooks/00_welcome.ipynb
 
 lint: $(STAMP)
 	$(BIN)/ruff check mlakit tests bench scripts
