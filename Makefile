@@ -36,8 +36,10 @@ doctor: $(STAMP)
 	$(BIN)/mlakit doctor
 
 lab: $(STAMP)
-	@echo "Starting JupyterLab on http://127.0.0.1:$(PORT)/lab/tree/notebooks/00_welcome.ipynb (the token is in the URL printed below)"
-	$(BIN)/jupyter lab --ServerApp.ip=127.0.0.1 --ServerApp.port=$(PORT) --ServerApp.root_dir=$(CURDIR) $(ROOT_FLAG) notebooks/00_welcome.ipynb
+	@token=$$($(BIN)/python -c "import secrets; print(secrets.token_hex(16))"); \
+	echo ""; echo "  mlakit course: http://127.0.0.1:$(PORT)/lab/tree/notebooks/00_welcome.ipynb?token=$$token"; echo ""; \
+	$(BIN)/jupyter lab --ServerApp.ip=127.0.0.1 --ServerApp.port=$(PORT) --ServerApp.port_retries=0 \
+		--IdentityProvider.token=$$token --ServerApp.root_dir=$(CURDIR) $(ROOT_FLAG) notebooks/00_welcome.ipynb
 
 lint: $(STAMP)
 	$(BIN)/ruff check mlakit tests bench scripts
