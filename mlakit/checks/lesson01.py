@@ -1,101 +1,15 @@
-"""Exercise self-checks: run the learner's answer on prepared inputs, compare with the library, explain.
-
-Every checker takes the learner's function, runs it on a few prepared inputs,
-compares with the library's reference, prints one line and returns a
-:class:`CheckResult`::
-
-    [ex 01.1 causal_scores] PASS: matches the reference on 3 inputs
-    [ex 01.1 causal_scores] FAIL: position (0, 1) is not masked. Hint: a query may not see later keys ...
-    [ex 01.1 causal_scores] NOT ATTEMPTED: replace the `raise NotImplementedError` ...
-
-The first bracket is what ``mlakit grade`` reads. A checker never raises: an
-exception inside the learner's code becomes a FAIL with the exception named, so
-the notebook keeps running. Lessons that build on an exercise use
-:func:`use_or_fallback` to continue with the library's version until the
-learner's one passes.
-
-Hints are diagnoses, not the answer: each checker tries the mistakes learners
-make most (a missing mask, the wrong scale, a transpose, K without V) and says
-which one it sees.
-"""
+"""Checkers for the exercises of lesson 01: attention and the KV cache."""
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 
-from .attention import causal_mask
-
-PASS, FAIL, NOT_ATTEMPTED = "PASS", "FAIL", "NOT ATTEMPTED"
-RESULT_LINE = re.compile(r"^\[ex (?P<exercise>[\w.]+) (?P<name>\w+)\] (?P<status>PASS|FAIL|NOT ATTEMPTED): ?(?P<message>.*)$")
+from ..attention import causal_mask
+from ._core import CheckResult, _close, _expect_tensor, _Fail, _run
 
 
-@dataclass
-class CheckResult:
-    exercise: str  # "01.1": lesson and number
-    name: str  # the function the learner writes
-    status: str  # PASS, FAIL or NOT ATTEMPTED
-    message: str
-
-    @property
-    def passed(self) -> bool:
-        return self.status == PASS
-
-    def line(self) -> str:
-        return f"[ex {self.exercise} {self.name}] {self.status}: {self.message}"
-
-    def __repr__(self) -> str:
-        return self.line()
-
-
-class _Fail(Exception):
-    """Raised inside a checker to stop at the first problem found."""
-
-
-def _run(exercise: str, name: str, body: Callable[[], str]) -> CheckResult:
-    try:
-        result = CheckResult(exercise, name, PASS, body())
-    except NotImplementedError:
-        result = CheckResult(exercise, name, NOT_ATTEMPTED,
-                             f"replace the `raise NotImplementedError` in `{name}` with your code, then run this cell again")
-    except _Fail as e:
-        result = CheckResult(exercise, name, FAIL, str(e))
-    except Exception as e:  # noqa: BLE001 - the learner's code may raise anything; report it, never crash
-        result = CheckResult(exercise, name, FAIL, f"your code raised {type(e).__name__}: {e}")
-    print(result.line())
-    return result
-
-
-def _expect_tensor(value, expected_shape: tuple, what: str) -> torch.Tensor:
-    if not isinstance(value, torch.Tensor):
-        raise _Fail(f"{what} should be a torch.Tensor, got {type(value).__name__}")
-    if tuple(value.shape) != tuple(expected_shape):
-        got, want = tuple(value.shape), tuple(expected_shape)
-        dims = [i for i, (a, b) in enumerate(zip(got, want, strict=False)) if a != b]
-        where = f" (dimension {dims[0]} differs)" if len(got) == len(want) and dims else ""
-        raise _Fail(f"{what} has shape {got}; expected {want}{where}")
-    return value
-
-
-def _close(a: torch.Tensor, b: torch.Tensor, atol: float = 1e-5, rtol: float = 1e-4) -> bool:
-    finite = torch.isfinite(b)
-    if not torch.equal(torch.isfinite(a), finite):
-        return False
-    return bool(torch.allclose(a[finite], b[finite], atol=atol, rtol=rtol))
-
-
-def use_or_fallback(result: CheckResult, learner: Callable, reference: Callable) -> Callable:
-    """The learner's function when its check passed, else the library's (and say so)."""
-    if result.passed:
-        return learner
-    print(f"(using the library's version of `{result.name}` until exercise {result.exercise} passes)")
-    return reference
-
-
-# ============================================================ lesson 01
 def reference_causal_scores(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     """Scaled attention scores with a causal mask: q k^T / sqrt(d), -inf where key j is after query i."""
     scores = q @ k.transpose(-2, -1) / q.shape[-1] ** 0.5  # (..., T, S)
@@ -250,3 +164,6 @@ def check_repeat_kv(repeat_kv: Callable) -> CheckResult:
         return "expands KV heads in the right order"
 
     return _run("01.4", "repeat_kv", body)
+
+
+__all__ = ["reference_causal_scores", "check_causal_scores", "reference_append_kv", "check_append_kv", "reference_gqa_cache_bytes", "check_gqa_cache_bytes", "reference_repeat_kv", "check_repeat_kv"]
