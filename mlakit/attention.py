@@ -27,63 +27,91 @@ class CacheFullError(RuntimeError):
     """Raised when a write would pass the cache's maximum length."""
 
 
-class KVCache:
-    """Keys and values of every layer, preallocated: (layers, B, n_kv, max_len, d_h) each.
+class PreallocatedCache:
+    """Per-layer buffers preallocated to ``max_len`` positions along ``time_dim``, filled left to right.
+
+    Subclasses name their buffers; ``_write(layer, *new)`` appends the new positions
+    of one layer to every buffer and returns views of everything cached so far.
+    """
+
+    def __init__(self, buffers: dict[str, torch.Tensor], max_len: int, time_dim: int):
+        self._names = list(buffers)
+        for name, tensor in buffers.items():
+            setattr(self, name, tensor)
+        self.max_len, self.time_dim = max_len, time_dim
+        self.lengths = [0] * next(iter(buffers.values())).shape[0]
+
+    @staticmethod
+    def _check_sizes(**sizes: int) -> None:
+        for name, value in sizes.items():
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"cache {name}={value!r} is invalid: must be a positive integer")
+
+    @property
+    def length(self) -> int:
+        """Positions held by the last layer (all layers hold the same after a full forward pass)."""
+        return self.lengths[-1]
+
+    @property
+    def batch_size(self) -> int:
+        return getattr(self, self._names[0]).shape[1]
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the cache tensors (allocated, whether filled or not)."""
+        return sum(getattr(self, name).nbytes for name in self._names)
+
+    def bytes_per_token(self) -> int:
+        """Bytes one position of one sequence occupies across all layers."""
+        return self.nbytes // (self.batch_size * self.max_len)
+
+    def _write(self, layer: int, *new: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        start = self.lengths[layer]
+        t = new[0].shape[self.time_dim - 1]  # the buffers have a leading layer axis, the inputs do not
+        end = start + t
+        if end > self.max_len:
+            raise CacheFullError(
+                f"{type(self).__name__} is full: layer {layer} holds {start} of {self.max_len} positions and "
+                f"{t} more were written; allocate a longer cache (max_len) or shorten the sequence"
+            )
+        views = []
+        for name, value in zip(self._names, new, strict=True):
+            buf = getattr(self, name)[layer]
+            buf.narrow(self.time_dim - 1, start, t).copy_(value)
+            views.append(buf.narrow(self.time_dim - 1, 0, end))
+        self.lengths[layer] = end
+        return tuple(views)
+
+    def reset(self) -> None:
+        self.lengths = [0] * len(self.lengths)
+
+
+class KVCache(PreallocatedCache):
+    """Keys and values of every layer, preallocated: ``k`` and ``v`` are (layers, B, n_kv, max_len, d_h).
 
     ``append(layer, k, v)`` writes the new positions of one layer and returns the
-    keys and values cached so far for it. ``length`` is the number of positions
-    the last layer holds (all layers hold the same after a full forward pass).
+    keys and values cached so far for it.
     """
 
     def __init__(self, num_layers: int, batch_size: int, max_len: int, num_kv_heads: int,
                  head_dim: int, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"):
-        for name, value in (("num_layers", num_layers), ("batch_size", batch_size), ("max_len", max_len),
-                            ("num_kv_heads", num_kv_heads), ("head_dim", head_dim)):
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"KVCache {name}={value!r} is invalid: must be a positive integer")
+        self._check_sizes(num_layers=num_layers, batch_size=batch_size, max_len=max_len,
+                          num_kv_heads=num_kv_heads, head_dim=head_dim)
         shape = (num_layers, batch_size, num_kv_heads, max_len, head_dim)
-        self.k = torch.zeros(shape, dtype=dtype, device=device)
-        self.v = torch.zeros(shape, dtype=dtype, device=device)
-        self.max_len = max_len
-        self.lengths = [0] * num_layers
+        super().__init__({"k": torch.zeros(shape, dtype=dtype, device=device),
+                          "v": torch.zeros(shape, dtype=dtype, device=device)}, max_len, time_dim=3)
 
     @classmethod
     def for_config(cls, config: ModelConfig, batch_size: int, max_len: int | None = None,
                    dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> KVCache:
         if config.attn_type == "mla":
-            raise ValueError("KVCache holds per-head keys and values; an MLA model caches latents (mlakit.mla)")
+            raise ValueError("KVCache holds per-head keys and values; an MLA model caches latents (mlakit.mla.LatentCache)")
         return cls(config.num_hidden_layers, batch_size, max_len or config.max_position_embeddings,
                    config.num_key_value_heads, config.head_dim, dtype, device)
 
-    @property
-    def length(self) -> int:
-        return self.lengths[-1]
-
-    @property
-    def nbytes(self) -> int:
-        """Bytes held by the cache tensors (allocated, whether filled or not)."""
-        return self.k.nbytes + self.v.nbytes
-
-    def bytes_per_token(self) -> int:
-        """Bytes one position of one sequence occupies across all layers."""
-        return self.nbytes // (self.k.shape[1] * self.max_len)
-
     def append(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Write k, v of shape (B, n_kv, T, d_h) after the cached positions; return all of them."""
-        start = self.lengths[layer]
-        end = start + k.shape[2]
-        if end > self.max_len:
-            raise CacheFullError(
-                f"KV cache is full: layer {layer} holds {start} of {self.max_len} positions and "
-                f"{k.shape[2]} more were written; allocate a longer cache (max_len) or shorten the sequence"
-            )
-        self.k[layer, :, :, start:end] = k
-        self.v[layer, :, :, start:end] = v
-        self.lengths[layer] = end
-        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]  # (B, n_kv, end, d_h) each
-
-    def reset(self) -> None:
-        self.lengths = [0] * len(self.lengths)
+        return self._write(layer, k, v)  # (B, n_kv, S, d_h) each
 
 
 def causal_mask(q_len: int, k_len: int, device: torch.device | str | None = None) -> torch.Tensor:
@@ -96,13 +124,19 @@ def causal_mask(q_len: int, k_len: int, device: torch.device | str | None = None
 
 
 def scaled_dot_product_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
-                                 causal: bool = True) -> torch.Tensor:
-    """softmax(q k^T * scale + mask) v, for q (B, H, T, d) and k, v (B, H, S, d)."""
+                                 causal: bool = True, dropout_p: float = 0.0) -> torch.Tensor:
+    """softmax(q k^T * scale + mask) v, for q (B, H, T, d) and k, v (B, H or 1, S, d).
+
+    A key/value head axis of size 1 broadcasts over all query heads (MQA, and
+    MLA's absorbed path). ``dropout_p`` drops attention probabilities (training only).
+    """
     scores = (q @ k.transpose(-2, -1)) * scale  # (B, H, T, S)
     if causal:
         mask = causal_mask(q.shape[-2], k.shape[-2], q.device)
         scores = scores.masked_fill(~mask, float("-inf"))
     probs = torch.softmax(scores.float(), dim=-1).to(q.dtype)  # (B, H, T, S)
+    if dropout_p:
+        probs = torch.nn.functional.dropout(probs, dropout_p)
     return probs @ v  # (B, H, T, d_v)
 
 
@@ -124,6 +158,7 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(self.n_heads * self.head_dim, d, bias=False)
         self.rope = RotaryEmbedding(self.head_dim, config.rope_theta, config.rope_interleave, config.rope_scaling)
         self.scale = softmax_scale(self.head_dim, config.rope_scaling)
+        self.dropout = config.attention_dropout
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         B, T, _ = x.shape
@@ -138,9 +173,10 @@ class Attention(nn.Module):
         group = self.n_heads // self.n_kv_heads
         k = k.repeat_interleave(group, dim=1)  # (B, n_h, S, d_h): each KV head serves `group` query heads
         v = v.repeat_interleave(group, dim=1)  # (B, n_h, S, d_h)
-        out = scaled_dot_product_attention(q, k, v, self.scale, causal=True)  # (B, n_h, T, d_h)
+        out = scaled_dot_product_attention(q, k, v, self.scale, causal=True,
+                                           dropout_p=self.dropout if self.training else 0.0)  # (B, n_h, T, d_h)
         out = out.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)  # (B, T, n_h * d_h)
         return self.o_proj(out)
 
 
-__all__ = ["Attention", "KVCache", "CacheFullError", "causal_mask", "scaled_dot_product_attention"]
+__all__ = ["Attention", "KVCache", "PreallocatedCache", "CacheFullError", "causal_mask", "scaled_dot_product_attention"]

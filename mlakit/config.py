@@ -77,14 +77,22 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if not isinstance(self.attn_type, str) or self.attn_type not in ATTN_TYPES:
             _fail("attn_type", self.attn_type, f"must be one of {', '.join(ATTN_TYPES)}")
-        if self.num_key_value_heads is None:
-            self.num_key_value_heads = {"mqa": 1}.get(self.attn_type, self.num_attention_heads)
-        if self.head_dim is None:
-            if self.attn_type == "mla":
-                self.head_dim = self.qk_nope_head_dim
-            elif all(isinstance(v, int) and v > 0 for v in (self.hidden_size, self.num_attention_heads)):
-                self.head_dim = self.hidden_size // self.num_attention_heads
+        defaults = self._derived_defaults()
+        for name, value in defaults.items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
         self.validate()
+
+    def _derived_defaults(self) -> dict[str, Any]:
+        """What num_key_value_heads and head_dim default to for the other fields (None if not derivable)."""
+        kv = 1 if self.attn_type == "mqa" else self.num_attention_heads
+        if self.attn_type == "mla":
+            head_dim = self.qk_nope_head_dim
+        elif all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (self.hidden_size, self.num_attention_heads)):
+            head_dim = self.hidden_size // self.num_attention_heads
+        else:
+            head_dim = None
+        return {"num_key_value_heads": kv, "head_dim": head_dim}
 
     # ------------------------------------------------------------------ checks
     def validate(self) -> None:
@@ -184,7 +192,15 @@ class ModelConfig:
         return self.qk_nope_head_dim + self.qk_rope_head_dim
 
     def replace(self, **changes: Any) -> ModelConfig:
-        """A validated copy with some fields changed."""
+        """A validated copy with some fields changed.
+
+        Fields that still hold their derived default (num_key_value_heads, head_dim)
+        are derived again from the new values unless given, so changing
+        num_attention_heads of an MHA or MLA model keeps one KV head per query head.
+        """
+        for name, default in self._derived_defaults().items():
+            if name not in changes and getattr(self, name) == default:
+                changes[name] = None
         return dataclasses.replace(self, **changes)
 
     def variant(self, attn_type: str, num_key_value_heads: int | None = None) -> ModelConfig:

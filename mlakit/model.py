@@ -1,12 +1,13 @@
 """The course's decoder-only language model, assembled from the library's parts.
 
 Pre-norm blocks (RMSNorm -> attention -> residual, RMSNorm -> FFN -> residual),
-a final RMSNorm and an untied LM head, as in DeepSeek-V2/V3. This version
-supports the baseline attention families (MHA / GQA / MQA) and dense SwiGLU
-FFNs: the lessons on the KV cache use it. Multi-head latent attention, the
+a final RMSNorm and an untied LM head, as in DeepSeek-V2/V3. Attention is
+DeepSeek's multi-head latent attention (``attn_type="mla"``, with its latent
+cache) or one of the baselines (MHA / GQA / MQA, with a KV cache), so the same
+model can be compared across attention designs. The FFNs are dense SwiGLU; the
 DeepSeekMoE layers and multi-token prediction plug into the same blocks as the
-course builds them; a config that asks for a part not yet built is refused with
-a message that says which.
+course builds them, and a config that asks for a part not yet built is refused
+with a message that says which.
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ from torch import nn
 from .attention import Attention, KVCache
 from .config import ModelConfig
 from .layers import RMSNorm, SwiGLU
+from .mla import LatentCache, MultiHeadLatentAttention
+
+Cache = KVCache | LatentCache
 
 
 class Block(nn.Module):
@@ -25,11 +29,12 @@ class Block(nn.Module):
     def __init__(self, config: ModelConfig, layer_idx: int):
         super().__init__()
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.self_attn = Attention(config, layer_idx)
+        attention = MultiHeadLatentAttention if config.attn_type == "mla" else Attention
+        self.self_attn = attention(config, layer_idx)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.mlp = SwiGLU(config.hidden_size, config.intermediate_size)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: Cache | None = None) -> torch.Tensor:
         x = x + self.self_attn(self.input_layernorm(x), cache)
         return x + self.mlp(self.post_attention_layernorm(x))
 
@@ -39,9 +44,6 @@ class MiniDeepSeek(nn.Module):
 
     def __init__(self, config: ModelConfig):
         super().__init__()
-        if config.attn_type == "mla":
-            raise NotImplementedError("MiniDeepSeek with attn_type='mla' arrives with mlakit.mla; "
-                                      "use config.variant('mha') (or 'gqa', 'mqa') for now")
         if config.is_moe:
             raise NotImplementedError("MiniDeepSeek with MoE layers arrives with mlakit.moe; "
                                       "set n_routed_experts=0 for a dense model for now")
@@ -53,12 +55,13 @@ class MiniDeepSeek(nn.Module):
         if config.tie_word_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
 
-    def new_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
-        """An empty cache sized for this model, in the dtype and on the device of its weights."""
+    def new_cache(self, batch_size: int, max_len: int | None = None) -> Cache:
+        """An empty cache sized for this model (latent for MLA, KV otherwise), in the weights' dtype and device."""
         w = self.embed_tokens.weight
-        return KVCache.for_config(self.config, batch_size, max_len, dtype=w.dtype, device=w.device)
+        kind = LatentCache if self.config.attn_type == "mla" else KVCache
+        return kind.for_config(self.config, batch_size, max_len, dtype=w.dtype, device=w.device)
 
-    def forward(self, input_ids: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, cache: Cache | None = None) -> torch.Tensor:
         x = self.embed_tokens(input_ids)  # (B, T, d)
         for layer in self.layers:
             x = layer(x, cache)

@@ -1,0 +1,174 @@
+"""Multi-Head Latent Attention (DeepSeek-V2 §2.1, appendix C; DeepSeek-V3 §2.1.1).
+
+Equation for equation (V2 eqs. 9-19), with transformers' DeepseekV3Attention
+names and row layouts so weights move 1:1:
+
+- query:  c_Q = RMSNorm(W_DQ h)           ``q_a_proj``, ``q_a_layernorm`` (eps 1e-6)
+          [q_C ; q_R] = W_UQ c_Q per head  ``q_b_proj``  (or ``q_proj`` straight
+          from h when q_lora_rank is None, as in DeepSeek-V2-Lite)
+- KV:     [c_KV ; k_R'] = W_DKV h          ``kv_a_proj_with_mqa``: the first
+          kv_lora_rank rows give the latent, the last qk_rope_head_dim rows the
+          rope key; c_KV = RMSNorm(c_KV)    ``kv_a_layernorm`` (eps 1e-6)
+          [k_C ; v_C] = W_UK/W_UV c_KV      ``kv_b_proj``, per head [k_nope ; v] rows
+- RoPE:   q_R = RoPE(q_R) per head; k_R = RoPE(k_R') ONE key shared by all heads
+- score:  [q_C ; q_R] . [k_C ; k_R] * scale, scale = 1/sqrt(d_nope + d_rope),
+          times YaRN's mscale^2 when configured (V3: 0.13523)
+- output: o_proj(concat_heads(softmax(scores) v_C))
+
+Only c_KV and k_R are cached: (kv_lora_rank + qk_rope_head_dim) numbers per
+token per layer, 576 for V2/V3 instead of MHA's 32,768.
+
+Two paths compute the same function:
+
+- ``"naive"``: expand keys and values from the cached latent through kv_b_proj,
+  then ordinary multi-head attention. Right for prefill, where every position
+  is new anyway (and what transformers does at every step).
+- ``"absorbed"``: fold W_UK into the query (q_lat = W_UK^T q_C, kv_lora_rank
+  wide), attend over the cached latents directly, as multi-query attention with
+  key [c_KV ; k_R] (576 wide) and value c_KV (512 wide), then apply W_UV and
+  o_proj. Nothing per head is ever materialised per cached token: the right
+  path for decode, where reading the cache is the cost.
+
+``path=None`` (the default) picks naive for a multi-token forward (prefill) and
+absorbed for a one-token step (decode).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .attention import PreallocatedCache, scaled_dot_product_attention
+from .config import ModelConfig
+from .layers import RMSNorm, RotaryEmbedding, softmax_scale
+
+PATHS = ("naive", "absorbed")
+LATENT_NORM_EPS = 1e-6  # q_a_layernorm and kv_a_layernorm use 1e-6 whatever rms_norm_eps is (released configs)
+
+
+class LatentCache(PreallocatedCache):
+    """MLA's cache: per layer and token the normalised latent c_KV and the rotated shared key k_R.
+
+    Stored together as one (layers, B, max_len, kv_lora_rank + qk_rope_head_dim)
+    tensor ``latent``, the layout DeepSeek's FlashMLA kernel reads: the whole row
+    is the MQA-style key of the absorbed path, its first kv_lora_rank entries are
+    the value.
+    """
+
+    def __init__(self, num_layers: int, batch_size: int, max_len: int, kv_lora_rank: int,
+                 qk_rope_head_dim: int, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"):
+        self._check_sizes(num_layers=num_layers, batch_size=batch_size, max_len=max_len,
+                          kv_lora_rank=kv_lora_rank, qk_rope_head_dim=qk_rope_head_dim)
+        self.kv_lora_rank = kv_lora_rank
+        shape = (num_layers, batch_size, max_len, kv_lora_rank + qk_rope_head_dim)
+        super().__init__({"latent": torch.zeros(shape, dtype=dtype, device=device)}, max_len, time_dim=2)
+
+    @classmethod
+    def for_config(cls, config: ModelConfig, batch_size: int, max_len: int | None = None,
+                   dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> LatentCache:
+        if config.attn_type != "mla":
+            raise ValueError(f"LatentCache is MLA's cache; attn_type={config.attn_type!r} caches keys and values "
+                             "(mlakit.attention.KVCache)")
+        return cls(config.num_hidden_layers, batch_size, max_len or config.max_position_embeddings,
+                   config.kv_lora_rank, config.qk_rope_head_dim, dtype, device)
+
+    def append(self, layer: int, latent: torch.Tensor) -> torch.Tensor:
+        """Write [c_KV ; k_R] of shape (B, T, d_c + d_R) after the cached positions; return all (B, S, d_c + d_R)."""
+        return self._write(layer, latent)[0]
+
+    def c_kv(self, layer: int) -> torch.Tensor:
+        """The cached latents of one layer, (B, S, kv_lora_rank)."""
+        return self.latent[layer, :, : self.lengths[layer], : self.kv_lora_rank]
+
+    def k_rope(self, layer: int) -> torch.Tensor:
+        """The cached shared rope keys of one layer, (B, S, qk_rope_head_dim)."""
+        return self.latent[layer, :, : self.lengths[layer], self.kv_lora_rank:]
+
+
+class MultiHeadLatentAttention(nn.Module):
+    """MLA with a latent cache and two computation paths (see the module docstring)."""
+
+    def __init__(self, config: ModelConfig, layer_idx: int = 0):
+        super().__init__()
+        if config.attn_type != "mla":
+            raise ValueError(f"MultiHeadLatentAttention needs attn_type='mla', got {config.attn_type!r}")
+        self.layer_idx = layer_idx
+        self.n_heads = config.num_attention_heads
+        self.d_nope, self.d_rope, self.d_v = config.qk_nope_head_dim, config.qk_rope_head_dim, config.v_head_dim
+        self.d_c, self.q_lora_rank = config.kv_lora_rank, config.q_lora_rank
+        d, qk = config.hidden_size, config.qk_nope_head_dim + config.qk_rope_head_dim
+        if self.q_lora_rank is None:
+            self.q_proj = nn.Linear(d, self.n_heads * qk, bias=False)
+        else:
+            self.q_a_proj = nn.Linear(d, self.q_lora_rank, bias=False)  # W_DQ
+            self.q_a_layernorm = RMSNorm(self.q_lora_rank, LATENT_NORM_EPS)
+            self.q_b_proj = nn.Linear(self.q_lora_rank, self.n_heads * qk, bias=False)  # W_UQ and W_QR
+        self.kv_a_proj_with_mqa = nn.Linear(d, self.d_c + self.d_rope, bias=False)  # W_DKV and W_KR
+        self.kv_a_layernorm = RMSNorm(self.d_c, LATENT_NORM_EPS)
+        self.kv_b_proj = nn.Linear(self.d_c, self.n_heads * (self.d_nope + self.d_v), bias=False)  # W_UK and W_UV
+        self.o_proj = nn.Linear(self.n_heads * self.d_v, d, bias=False)
+        self.rope = RotaryEmbedding(self.d_rope, config.rope_theta, config.rope_interleave, config.rope_scaling)
+        self.scale = softmax_scale(qk, config.rope_scaling)
+        self.dropout = config.attention_dropout
+
+    # ------------------------------------------------------------- pieces
+    def query(self, x: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """q_C (B, n_h, T, d_nope) and the rotated q_R (B, n_h, T, d_rope)."""
+        B, T, _ = x.shape
+        q = self.q_proj(x) if self.q_lora_rank is None else self.q_b_proj(self.q_a_layernorm(self.q_a_proj(x)))
+        q = q.view(B, T, self.n_heads, self.d_nope + self.d_rope).transpose(1, 2)  # (B, n_h, T, d_nope + d_rope)
+        q_nope, q_rope = q.split([self.d_nope, self.d_rope], dim=-1)
+        return q_nope, self.rope(q_rope, positions)
+
+    def latent(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """What MLA caches for x: [RMSNorm(c_KV) ; RoPE(k_R)], (B, T, d_c + d_rope)."""
+        c_kv, k_rope = self.kv_a_proj_with_mqa(x).split([self.d_c, self.d_rope], dim=-1)  # (B, T, d_c), (B, T, d_rope)
+        return torch.cat([self.kv_a_layernorm(c_kv), self.rope(k_rope, positions)], dim=-1)
+
+    def up_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """W_UK (n_h, d_nope, d_c) and W_UV (n_h, d_v, d_c): views of kv_b_proj's per-head rows."""
+        w = self.kv_b_proj.weight.view(self.n_heads, self.d_nope + self.d_v, self.d_c)  # (n_h, d_nope + d_v, d_c)
+        return w[:, : self.d_nope], w[:, self.d_nope:]
+
+    # ------------------------------------------------------------- paths
+    def attend_naive(self, q_nope, q_rope, latent):
+        """Expand per-head keys and values from the latent, then multi-head attention. Returns (B, n_h, T, d_v)."""
+        B, S, _ = latent.shape
+        c_kv, k_rope = latent.split([self.d_c, self.d_rope], dim=-1)  # (B, S, d_c), (B, S, d_rope)
+        kv = self.kv_b_proj(c_kv).view(B, S, self.n_heads, self.d_nope + self.d_v).transpose(1, 2)  # (B, n_h, S, d_nope + d_v)
+        k_nope, v = kv.split([self.d_nope, self.d_v], dim=-1)  # (B, n_h, S, d_nope), (B, n_h, S, d_v)
+        k = torch.cat([k_nope, k_rope[:, None].expand(-1, self.n_heads, -1, -1)], dim=-1)  # (B, n_h, S, d_nope + d_rope)
+        q = torch.cat([q_nope, q_rope], dim=-1)  # (B, n_h, T, d_nope + d_rope)
+        return scaled_dot_product_attention(q, k, v, self.scale, causal=True, dropout_p=self._dropout_p())
+
+    def attend_absorbed(self, q_nope, q_rope, latent):
+        """Absorb W_UK into the query and W_UV after attention; attend over the latents as MQA. Returns (B, n_h, T, d_v)."""
+        w_uk, w_uv = self.up_weights()
+        q_latent = torch.einsum("bhtn,hnc->bhtc", q_nope, w_uk)  # (B, n_h, T, d_c): q_C^T W_UK, per head
+        q = torch.cat([q_latent, q_rope], dim=-1)  # (B, n_h, T, d_c + d_rope)
+        k = latent[:, None]  # (B, 1, S, d_c + d_rope): one "KV head" shared by every query head
+        v = latent[:, None, :, : self.d_c]  # (B, 1, S, d_c): the latent itself is the value
+        o_latent = scaled_dot_product_attention(q, k, v, self.scale, causal=True, dropout_p=self._dropout_p())  # (B, n_h, T, d_c)
+        return torch.einsum("bhtc,hvc->bhtv", o_latent, w_uv)  # (B, n_h, T, d_v): W_UV applied after the sum
+
+    def _dropout_p(self) -> float:
+        return self.dropout if self.training else 0.0
+
+    def forward(self, x: torch.Tensor, cache: LatentCache | None = None, path: str | None = None) -> torch.Tensor:
+        B, T, _ = x.shape
+        if path is None:
+            path = "naive" if T > 1 else "absorbed"
+        if path not in PATHS:
+            raise ValueError(f"path={path!r} is invalid: use one of {', '.join(PATHS)} (or None to choose by length)")
+        start = cache.lengths[self.layer_idx] if cache is not None else 0
+        positions = torch.arange(start, start + T, device=x.device)  # (T,)
+        q_nope, q_rope = self.query(x, positions)
+        latent = self.latent(x, positions)  # (B, T, d_c + d_rope)
+        if cache is not None:
+            latent = cache.append(self.layer_idx, latent)  # (B, S, d_c + d_rope), S = start + T
+        attend = self.attend_naive if path == "naive" else self.attend_absorbed
+        out = attend(q_nope, q_rope, latent)  # (B, n_h, T, d_v)
+        return self.o_proj(out.transpose(1, 2).reshape(B, T, self.n_heads * self.d_v))
+
+
+__all__ = ["MultiHeadLatentAttention", "LatentCache", "PATHS"]
