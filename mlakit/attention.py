@@ -124,16 +124,24 @@ def causal_mask(q_len: int, k_len: int, device: torch.device | str | None = None
 
 
 def scaled_dot_product_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
-                                 causal: bool = True, dropout_p: float = 0.0) -> torch.Tensor:
+                                 causal: bool = True, dropout_p: float = 0.0,
+                                 key_mask: torch.Tensor | None = None) -> torch.Tensor:
     """softmax(q k^T * scale + mask) v, for q (B, H, T, d) and k, v (B, H or 1, S, d).
 
     A key/value head axis of size 1 broadcasts over all query heads (MQA, and
-    MLA's absorbed path). ``dropout_p`` drops attention probabilities (training only).
+    MLA's absorbed path). ``key_mask`` (B, S), True for real tokens, hides
+    padding; a position always sees itself, so a padding query gets a finite
+    (ignored) output instead of NaN. ``dropout_p`` drops attention
+    probabilities (training only).
     """
     scores = (q @ k.transpose(-2, -1)) * scale  # (B, H, T, S)
-    if causal:
-        mask = causal_mask(q.shape[-2], k.shape[-2], q.device)
-        scores = scores.masked_fill(~mask, float("-inf"))
+    T, S = q.shape[-2], k.shape[-2]
+    allowed = causal_mask(T, S, q.device) if causal else torch.ones(T, S, dtype=torch.bool, device=q.device)
+    if key_mask is not None:
+        itself = torch.arange(S, device=q.device) == torch.arange(S - T, S, device=q.device)[:, None]  # (T, S)
+        allowed = (allowed & key_mask[:, None, None, :]) | itself  # (B, 1, T, S)
+    if causal or key_mask is not None:
+        scores = scores.masked_fill(~allowed, float("-inf"))
     probs = torch.softmax(scores.float(), dim=-1).to(q.dtype)  # (B, H, T, S)
     if dropout_p:
         probs = torch.nn.functional.dropout(probs, dropout_p)
@@ -160,7 +168,8 @@ class Attention(nn.Module):
         self.scale = softmax_scale(self.head_dim, config.rope_scaling)
         self.dropout = config.attention_dropout
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, key_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, T, d) -> (B, T, d). ``key_mask`` (B, S): True for real tokens over cached + new positions."""
         B, T, _ = x.shape
         start = cache.lengths[self.layer_idx] if cache is not None else 0
         positions = torch.arange(start, start + T, device=x.device)  # (T,)
@@ -173,7 +182,7 @@ class Attention(nn.Module):
         group = self.n_heads // self.n_kv_heads
         k = k.repeat_interleave(group, dim=1)  # (B, n_h, S, d_h): each KV head serves `group` query heads
         v = v.repeat_interleave(group, dim=1)  # (B, n_h, S, d_h)
-        out = scaled_dot_product_attention(q, k, v, self.scale, causal=True,
+        out = scaled_dot_product_attention(q, k, v, self.scale, causal=True, key_mask=key_mask,
                                            dropout_p=self.dropout if self.training else 0.0)  # (B, n_h, T, d_h)
         out = out.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)  # (B, T, n_h * d_h)
         return self.o_proj(out)

@@ -131,7 +131,7 @@ class MultiHeadLatentAttention(nn.Module):
         return w[:, : self.d_nope], w[:, self.d_nope:]
 
     # ------------------------------------------------------------- paths
-    def attend_naive(self, q_nope, q_rope, latent):
+    def attend_naive(self, q_nope, q_rope, latent, key_mask=None):
         """Expand per-head keys and values from the latent, then multi-head attention. Returns (B, n_h, T, d_v)."""
         B, S, _ = latent.shape
         c_kv, k_rope = latent.split([self.d_c, self.d_rope], dim=-1)  # (B, S, d_c), (B, S, d_rope)
@@ -139,22 +139,27 @@ class MultiHeadLatentAttention(nn.Module):
         k_nope, v = kv.split([self.d_nope, self.d_v], dim=-1)  # (B, n_h, S, d_nope), (B, n_h, S, d_v)
         k = torch.cat([k_nope, k_rope[:, None].expand(-1, self.n_heads, -1, -1)], dim=-1)  # (B, n_h, S, d_nope + d_rope)
         q = torch.cat([q_nope, q_rope], dim=-1)  # (B, n_h, T, d_nope + d_rope)
-        return scaled_dot_product_attention(q, k, v, self.scale, causal=True, dropout_p=self._dropout_p())
+        return scaled_dot_product_attention(q, k, v, self.scale, causal=True, dropout_p=self._dropout_p(),
+                                            key_mask=key_mask)
 
-    def attend_absorbed(self, q_nope, q_rope, latent):
+    def attend_absorbed(self, q_nope, q_rope, latent, key_mask=None):
         """Absorb W_UK into the query and W_UV after attention; attend over the latents as MQA. Returns (B, n_h, T, d_v)."""
         w_uk, w_uv = self.up_weights()
         q_latent = torch.einsum("bhtn,hnc->bhtc", q_nope, w_uk)  # (B, n_h, T, d_c): q_C^T W_UK, per head
         q = torch.cat([q_latent, q_rope], dim=-1)  # (B, n_h, T, d_c + d_rope)
         k = latent[:, None]  # (B, 1, S, d_c + d_rope): one "KV head" shared by every query head
         v = latent[:, None, :, : self.d_c]  # (B, 1, S, d_c): the latent itself is the value
-        o_latent = scaled_dot_product_attention(q, k, v, self.scale, causal=True, dropout_p=self._dropout_p())  # (B, n_h, T, d_c)
+        o_latent = scaled_dot_product_attention(q, k, v, self.scale, causal=True, dropout_p=self._dropout_p(),
+                                                key_mask=key_mask)  # (B, n_h, T, d_c)
         return torch.einsum("bhtc,hvc->bhtv", o_latent, w_uv)  # (B, n_h, T, d_v): W_UV applied after the sum
 
     def _dropout_p(self) -> float:
         return self.dropout if self.training else 0.0
 
-    def forward(self, x: torch.Tensor, cache: LatentCache | None = None, path: str | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: LatentCache | None = None, key_mask: torch.Tensor | None = None,
+                path: str | None = None) -> torch.Tensor:
+        """x (B, T, d) -> (B, T, d). ``key_mask`` (B, S): True for real tokens over cached + new positions;
+        ``path``: "naive", "absorbed", or None (naive for several tokens, absorbed for one)."""
         B, T, _ = x.shape
         if path is None:
             path = "naive" if T > 1 else "absorbed"
@@ -167,7 +172,7 @@ class MultiHeadLatentAttention(nn.Module):
         if cache is not None:
             latent = cache.append(self.layer_idx, latent)  # (B, S, d_c + d_rope), S = start + T
         attend = self.attend_naive if path == "naive" else self.attend_absorbed
-        out = attend(q_nope, q_rope, latent)  # (B, n_h, T, d_v)
+        out = attend(q_nope, q_rope, latent, key_mask)  # (B, n_h, T, d_v)
         return self.o_proj(out.transpose(1, 2).reshape(B, T, self.n_heads * self.d_v))
 
 

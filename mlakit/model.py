@@ -34,8 +34,8 @@ class Block(nn.Module):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.mlp = SwiGLU(config.hidden_size, config.intermediate_size)
 
-    def forward(self, x: torch.Tensor, cache: Cache | None = None) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), cache)
+    def forward(self, x: torch.Tensor, cache: Cache | None = None, key_mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), cache, key_mask)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -61,10 +61,18 @@ class MiniDeepSeek(nn.Module):
         kind = LatentCache if self.config.attn_type == "mla" else KVCache
         return kind.for_config(self.config, batch_size, max_len, dtype=w.dtype, device=w.device)
 
-    def forward(self, input_ids: torch.Tensor, cache: Cache | None = None) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, cache: Cache | None = None,
+                attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits (B, T, vocab) for input_ids (B, T).
+
+        ``attention_mask`` (B, S), 1 for real tokens and 0 for padding, covers the
+        cached positions and the new ones (S = cached + T); left-padded batches
+        use it so no token attends to padding.
+        """
+        key_mask = attention_mask.bool() if attention_mask is not None else None
         x = self.embed_tokens(input_ids)  # (B, T, d)
         for layer in self.layers:
-            x = layer(x, cache)
+            x = layer(x, cache, key_mask)
         return self.lm_head(self.norm(x))  # (B, T, vocab)
 
     def num_parameters(self) -> int:
