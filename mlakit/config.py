@@ -73,6 +73,11 @@ class ModelConfig:
     norm_topk_prob: bool = True  # renormalise the chosen k gate weights to sum to one (V3 yes, V2 no)
     scoring_func: str = "sigmoid"  # "softmax" (V2) or "sigmoid" (V3) expert affinities
     first_k_dense_replace: int = 1  # the first k layers use a dense FFN instead of MoE
+    aux_loss_alpha: float = 0.0001  # alpha of V3's complementary sequence-wise balance loss (0 = off)
+
+    # --- multi-token prediction (V3 §2.2) ------------------------------------
+    num_nextn_predict_layers: int = 1  # D: MTP modules, each predicting one token further (V3: 1; 0 = none)
+    mtp_loss_weight: float = 0.3  # lambda: weight of the MTP loss (V3: 0.3 early in training, then 0.1)
 
     def __post_init__(self) -> None:
         if not isinstance(self.attn_type, str) or self.attn_type not in ATTN_TYPES:
@@ -108,7 +113,7 @@ class ModelConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 _fail(name, value, "must be a positive integer")
-        for name in ("n_routed_experts", "n_shared_experts", "first_k_dense_replace"):
+        for name in ("n_routed_experts", "n_shared_experts", "first_k_dense_replace", "num_nextn_predict_layers"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 _fail(name, value, "must be an integer >= 0")
@@ -119,6 +124,10 @@ class ModelConfig:
         for name in ("tie_word_embeddings", "rope_interleave", "norm_topk_prob"):
             if not isinstance(getattr(self, name), bool):
                 _fail(name, getattr(self, name), "must be True or False")
+        for name in ("aux_loss_alpha", "mtp_loss_weight"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
+                _fail(name, value, "must be a finite number >= 0")
         p = self.attention_dropout
         if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p < 1.0:
             _fail("attention_dropout", p, "must be a number in [0, 1)")
@@ -249,7 +258,7 @@ def _yarn(factor: float, mscale: float) -> dict:
 
 
 _DENSE = dict(n_routed_experts=0, n_shared_experts=0, num_experts_per_tok=1, n_group=1, topk_group=1,
-              first_k_dense_replace=0, q_lora_rank=None)
+              first_k_dense_replace=0, q_lora_rank=None, num_nextn_predict_layers=0, aux_loss_alpha=0.0)
 
 PRESETS: dict[str, dict[str, Any]] = {
     # The course's CPU model: every lesson trains it in minutes on 2 cores.
@@ -261,7 +270,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         qk_nope_head_dim=128, qk_rope_head_dim=64, v_head_dim=128, rope_scaling=_yarn(40, 0.707),
         moe_intermediate_size=1536, n_routed_experts=160, n_shared_experts=2, num_experts_per_tok=6,
         n_group=8, topk_group=3, routed_scaling_factor=16.0, norm_topk_prob=False,
-        scoring_func="softmax", first_k_dense_replace=1,
+        scoring_func="softmax", first_k_dense_replace=1, num_nextn_predict_layers=0,
     ),
     # DeepSeek-V2-Lite (15.7B total, 2.4B active): no query compression.
     "deepseek-v2-lite": dict(
@@ -270,7 +279,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         qk_nope_head_dim=128, qk_rope_head_dim=64, v_head_dim=128, rope_scaling=_yarn(40, 0.707),
         moe_intermediate_size=1408, n_routed_experts=64, n_shared_experts=2, num_experts_per_tok=6,
         n_group=1, topk_group=1, routed_scaling_factor=1.0, norm_topk_prob=False,
-        scoring_func="softmax", first_k_dense_replace=1,
+        scoring_func="softmax", first_k_dense_replace=1, num_nextn_predict_layers=0,
     ),
     # DeepSeek-V3 (671B total, 37B active; the MTP module adds 14B and is not counted here).
     "deepseek-v3": dict(

@@ -1,5 +1,20 @@
-"""Plots and dashboards. Sits on top of the library; the core never imports it."""
+"""Plots and dashboards. Sits on top of the library; the core never imports it.
 
-from .cache import plot_cache_vs_context
+- :mod:`mlakit.viz.cache`: cache tables (:func:`cache_table`, :func:`models_table`),
+  cache against context, measured against theory, the V2 "93.3%" headline.
+- :mod:`mlakit.viz.dashboard`: :func:`cache_dashboard`, the interactive version (ipywidgets).
+"""
 
-__all__ = ["plot_cache_vs_context"]
+from .cache import (
+    cache_table,
+    measure_cache_bytes,
+    models_table,
+    plot_cache_vs_context,
+    plot_measured_vs_theory,
+    plot_v2_headline,
+)
+from .dashboard import CacheDashboard, cache_dashboard, parameter_count
+
+__all__ = ["cache_table", "models_table", "plot_cache_vs_context", "measure_cache_bytes",
+           "plot_measured_vs_theory", "plot_v2_headline", "cache_dashboard", "CacheDashboard",
+           "parameter_count"]
