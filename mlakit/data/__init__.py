@@ -8,5 +8,6 @@ two splits.
 """
 
 from .arithmetic import AdditionTask, Problem, extract_answer, make_splits
+from .lm import LMBatches, encode_problems
 
-__all__ = ["AdditionTask", "Problem", "extract_answer", "make_splits"]
+__all__ = ["AdditionTask", "Problem", "extract_answer", "make_splits", "LMBatches", "encode_problems"]

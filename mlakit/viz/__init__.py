@@ -3,6 +3,7 @@
 - :mod:`mlakit.viz.cache`: cache tables (:func:`cache_table`, :func:`models_table`),
   cache against context, measured against theory, the V2 "93.3%" headline.
 - :mod:`mlakit.viz.dashboard`: :func:`cache_dashboard`, the interactive version (ipywidgets).
+- :mod:`mlakit.viz.moe`: expert-load heatmaps, MaxVio curves, total vs active parameters.
 """
 
 from .cache import (
@@ -14,7 +15,8 @@ from .cache import (
     plot_v2_headline,
 )
 from .dashboard import CacheDashboard, cache_dashboard, parameter_count
+from .moe import plot_active_parameters, plot_expert_load, plot_max_violation
 
 __all__ = ["cache_table", "models_table", "plot_cache_vs_context", "measure_cache_bytes",
            "plot_measured_vs_theory", "plot_v2_headline", "cache_dashboard", "CacheDashboard",
-           "parameter_count"]
+           "parameter_count", "plot_expert_load", "plot_max_violation", "plot_active_parameters"]

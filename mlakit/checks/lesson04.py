@@ -1,0 +1,320 @@
+"""Checkers for the exercises of lesson 04: MLA inference (weight absorption and the latent cache).
+
+The absorbed decode path of DeepSeek-V2 appendix C, in the layout of
+:mod:`mlakit.mla`: W_UK (n_h, d_nope, d_c) and W_UV (n_h, d_v, d_c) per head,
+cached rows [c_KV ; k_R] of d_c + d_rope numbers per token and layer.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch.overrides import TorchFunctionMode
+
+from ..attention import causal_mask
+from ..config import ModelConfig
+from ._core import CheckResult, _close, _expect_tensor, _Fail, _run
+
+
+# ---------------------------------------------------------------- helpers
+class _ShapeRecorder(TorchFunctionMode):
+    """Records the shape of every tensor produced while active (to spot per-head expansions)."""
+
+    def __init__(self):
+        super().__init__()
+        self.shapes: list[tuple[int, ...]] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for value in out if isinstance(out, (tuple, list)) else (out,):
+            if isinstance(value, torch.Tensor):
+                self.shapes.append(tuple(value.shape))
+        return out
+
+
+def _same_up_to_scale(got: torch.Tensor, want: torch.Tensor) -> float | None:
+    """The factor r with got == r * want, if there is one (and it is not 1)."""
+    denom = (want * want).sum()
+    if denom == 0:
+        return None
+    r = float((got * want).sum() / denom)
+    if abs(r - 1) > 1e-3 and _close(got, r * want):
+        return r
+    return None
+
+
+# ---------------------------------------------------------------- 04.1
+def reference_absorb_query(q_nope: torch.Tensor, w_uk: torch.Tensor) -> torch.Tensor:
+    """q_latent = W_UK^T q_C per head: (B, n_h, T, d_nope) and (n_h, d_nope, d_c) -> (B, n_h, T, d_c)."""
+    return torch.einsum("bhtn,hnc->bhtc", q_nope, w_uk)
+
+
+def check_absorb_query(absorb_query: Callable) -> CheckResult:
+    """Exercise 04.1: absorb_query(q_nope, w_uk) -> q_latent (B, n_h, T, d_c), W_UK folded into the query."""
+
+    def body() -> str:
+        g = torch.Generator().manual_seed(41)
+        # (B, n_h, T, d_nope, d_c); the first case is square so a transposed W_UK still runs and can be named
+        shapes = [(1, 4, 2, 6, 6), (2, 3, 4, 5, 7), (1, 2, 1, 8, 4)]
+        for B, n_h, T, d_nope, d_c in shapes:
+            q = torch.randn(B, n_h, T, d_nope, generator=g)
+            w = torch.randn(n_h, d_nope, d_c, generator=g)
+            want = reference_absorb_query(q, w)
+            got = _expect_tensor(absorb_query(q.clone(), w.clone()), want.shape,
+                                 f"q_latent for q_nope {tuple(q.shape)} and w_uk {tuple(w.shape)}")
+            if _close(got, want):
+                continue
+            if d_nope == d_c and _close(got, torch.einsum("bhtn,hcn->bhtc", q, w)):
+                raise _Fail("you contracted q_C with the wrong axis of W_UK (a transpose). Hint: W_UK[h] has shape "
+                            "(d_nope, d_c) and maps a latent to a key, k = W_UK[h] c; the absorbed query is "
+                            "W_UK[h]^T q, i.e. sum over d_nope: einsum('bhtn,hnc->bhtc', q_nope, w_uk)")
+            if _close(got, torch.einsum("bhtn,gnc->bhtc", q, w)):
+                raise _Fail("every head used the sum of all heads' W_UK. Hint: head h absorbs only its own "
+                            "W_UK[h]: keep the head letter in both operands of the einsum")
+            others = [[j for j in range(n_h) if _close(got[:, h], q[:, h] @ w[j])] for h in range(n_h)]
+            if n_h > 1 and all(others) and any(h not in js for h, js in enumerate(others)):
+                h = next(h for h, js in enumerate(others) if h not in js)
+                raise _Fail(f"query head {h} was multiplied by W_UK of head {others[h][0]}. Hint: pair query head h "
+                            "with W_UK[h]; check which axis of q_nope holds the heads (dimension 1)")
+            r = _same_up_to_scale(got, want)
+            if r is not None:
+                raise _Fail(f"your q_latent is the right one times {r:.4g}. Hint: absorption is a pure change of "
+                            "basis; the softmax scale belongs to the scores, not to the absorbed query")
+            raise _Fail(f"values differ from W_UK^T q_C for q_nope {tuple(q.shape)} and w_uk {tuple(w.shape)}. "
+                        "Hint: q_latent[b, h, t, c] = sum over n of q_nope[b, h, t, n] * w_uk[h, n, c]")
+        return f"matches W_UK^T q_C on {len(shapes)} inputs"
+
+    return _run("04.1", "absorb_query", body)
+
+
+# ---------------------------------------------------------------- 04.2
+def reference_absorbed_attention(q_latent: torch.Tensor, q_rope: torch.Tensor, latent: torch.Tensor,
+                                 w_uv: torch.Tensor, scale: float) -> torch.Tensor:
+    """Attention over the cached latents as MQA, then W_UV: returns (B, n_h, T, d_v).
+
+    q_latent (B, n_h, T, d_c), q_rope (B, n_h, T, d_rope), latent (B, S, d_c + d_rope)
+    (the cached rows [c_KV ; k_R]), w_uv (n_h, d_v, d_c). The T queries are the
+    last T of the S positions.
+    """
+    d_c, T, S = q_latent.shape[-1], q_latent.shape[-2], latent.shape[-2]
+    q = torch.cat([q_latent, q_rope], dim=-1)  # (B, n_h, T, d_c + d_rope)
+    scores = q @ latent[:, None].transpose(-2, -1) * scale  # (B, n_h, T, S): one key row shared by all heads
+    scores = scores.masked_fill(~causal_mask(T, S, q.device), float("-inf"))
+    probs = torch.softmax(scores, dim=-1)  # (B, n_h, T, S)
+    o_latent = probs @ latent[:, None, :, :d_c]  # (B, n_h, T, d_c): sum over s of p_s c_s
+    return torch.einsum("bhtc,hvc->bhtv", o_latent, w_uv)  # (B, n_h, T, d_v): W_UV once, after the sum
+
+
+def _absorbed_variant(q_latent, q_rope, latent, w_uv, scale, *, rope=True, mask=True, softmax_dim=-1,
+                      w_uv_eq="bhtc,hvc->bhtv"):
+    """The reference with one thing changed: the mistakes the checker recognises."""
+    d_c, T, S = q_latent.shape[-1], q_latent.shape[-2], latent.shape[-2]
+    scores = q_latent @ latent[:, None, :, :d_c].transpose(-2, -1)  # (B, n_h, T, S)
+    if rope:
+        scores = scores + q_rope @ latent[:, None, :, d_c:].transpose(-2, -1)
+    scores = scores * scale
+    if mask:
+        scores = scores.masked_fill(~causal_mask(T, S), float("-inf"))
+    probs = torch.softmax(scores, dim=softmax_dim)
+    return torch.einsum(w_uv_eq, probs @ latent[:, None, :, :d_c], w_uv)
+
+
+def check_absorbed_attention(absorbed_attention: Callable) -> CheckResult:
+    """Exercise 04.2: absorbed_attention(q_latent, q_rope, latent, w_uv, scale) -> (B, n_h, T, d_v)."""
+
+    def body() -> str:
+        g = torch.Generator().manual_seed(42)
+        # (B, n_h, T, S, d_c, d_rope, d_v): n_h, S and d_v differ from every other size in the first two cases,
+        # so a per-head value tensor (n_h, S, d_v) can be recognised; the last case has d_v == d_c
+        cases = [(2, 3, 1, 7, 10, 4, 6), (1, 3, 2, 7, 10, 4, 6), (1, 2, 3, 5, 8, 4, 8)]
+        expanded = None
+        for B, n_h, T, S, d_c, d_rope, d_v in cases:
+            q_lat = torch.randn(B, n_h, T, d_c, generator=g)
+            q_rope = torch.randn(B, n_h, T, d_rope, generator=g)
+            latent = torch.randn(B, S, d_c + d_rope, generator=g)
+            w_uv = torch.randn(n_h, d_v, d_c, generator=g)
+            scale = 1 / math.sqrt(2 * d_c)  # not 1/sqrt of any width the inputs show, so a guessed scale is caught
+            want = reference_absorbed_attention(q_lat, q_rope, latent, w_uv, scale)
+            recorder = _ShapeRecorder()
+            try:
+                with recorder:
+                    got = absorbed_attention(q_lat.clone(), q_rope.clone(), latent.clone(), w_uv.clone(), scale)
+            except NotImplementedError:  # a RuntimeError too: the stub, reported as not attempted
+                raise
+            except RuntimeError as err:  # almost always a shape mismatch: say which widths go where
+                raise _Fail(f"your code raised RuntimeError: {err}. Hint: the key is the whole cached row "
+                            f"(d_c + d_rope = {d_c + d_rope} wide here), the value only its first d_c = {d_c} "
+                            f"columns (k_R is not a value), and W_UV[h] has shape (d_v, d_c) = ({d_v}, {d_c})") from None
+            got = _expect_tensor(got, want.shape, f"the output for T={T} queries over S={S} cached rows")
+            if _close(got, want):
+                if d_v not in (d_c, T) and expanded is None:
+                    expanded = next((s for s in recorder.shapes if {n_h, S, d_v} <= set(s)
+                                     and math.prod(s) >= n_h * S * d_v), None)
+                continue
+            args = (q_lat, q_rope, latent, w_uv)
+            if _close(got, _absorbed_variant(*args, scale, rope=False)):
+                raise _Fail("the scores leave out the rotary part. Hint: each cached row is [c_KV ; k_R]; the score "
+                            "is q_latent . c_KV + q_rope . k_R, i.e. [q_latent ; q_rope] against the whole row")
+            if _close(got, _absorbed_variant(*args, 1.0)):
+                raise _Fail("the scores are not scaled. Hint: multiply q . k by `scale` before the softmax")
+            for wrong, name in (((d_c + d_rope) ** -0.5, "1/sqrt(d_c + d_rope)"), (d_c ** -0.5, "1/sqrt(d_c)")):
+                if _close(got, _absorbed_variant(*args, wrong)):
+                    raise _Fail(f"the scores are scaled by {name}, the width of the latent. Hint: use the `scale` "
+                                "argument: absorption must not change the scores, so the scale stays that of the "
+                                "naive path, 1/sqrt(d_nope + d_rope)")
+            if T > 1 and _close(got, _absorbed_variant(*args, scale, mask=False)):
+                raise _Fail(f"with T={T} queries the earlier queries see later positions. Hint: query i sits at "
+                            "position S - T + i; mask the scores with mlakit.attention.causal_mask(T, S)")
+            for dim in (-2, 1):
+                if (T > 1 or dim == 1) and _close(got, _absorbed_variant(*args, scale, softmax_dim=dim)):
+                    raise _Fail("the softmax runs over the wrong axis. Hint: each query's weights sum to 1 over "
+                                "the S cached positions, the last axis of the scores")
+            if d_v == d_c and _close(got, _absorbed_variant(*args, scale, w_uv_eq="bhtc,hcv->bhtv")):
+                raise _Fail("W_UV is applied along the wrong axis (a transpose). Hint: W_UV[h] has shape (d_v, d_c): "
+                            "v = W_UV[h] o, i.e. einsum('bhtc,hvc->bhtv', o_latent, w_uv)")
+            if _close(got, _absorbed_variant(*args, scale, w_uv_eq="bhtc,gvc->bhtv")):
+                raise _Fail("every head used the sum of all heads' W_UV. Hint: head h's latent output goes "
+                            "through its own W_UV[h]: keep the head letter in both operands")
+            raise _Fail(f"values differ from the reference for T={T} queries over S={S} cached rows. Hint: scores = "
+                        "[q_latent ; q_rope] . latent_row * scale, causal mask, softmax over S, o = sum p c_KV "
+                        "(first d_c columns), then W_UV[h] o for each head")
+        if expanded is not None:
+            return (f"matches the reference on {len(cases)} inputs, but your code builds a {expanded} tensor: values "
+                    "for every head and cached token, the expansion the absorbed path avoids (right, but slow at "
+                    "long context). Try: sum p c over the cache first, then apply W_UV once per head")
+        return f"matches the reference on {len(cases)} inputs, without expanding the cache per head"
+
+    return _run("04.2", "absorbed_attention", body)
+
+
+# ---------------------------------------------------------------- 04.3
+def reference_latent_cache_bytes(config: ModelConfig, seq_len: int, batch_size: int = 1,
+                                 bytes_per_element: float = 2) -> float:
+    """(kv_lora_rank + qk_rope_head_dim) x layers x tokens x sequences x bytes per element."""
+    per_layer = config.kv_lora_rank + config.qk_rope_head_dim  # [c_KV ; k_R], shared by all heads
+    return per_layer * config.num_hidden_layers * seq_len * batch_size * bytes_per_element
+
+
+def _latent_mistakes():
+    """(what the mistake computes, hint), each from (config, seq_len, batch, bytes)."""
+    return [
+        (lambda c, t, b, e: (c.kv_lora_rank + c.qk_rope_head_dim) * t * b * e,
+         "that is one layer's cache: every layer caches its own latents, multiply by num_hidden_layers"),
+        (lambda c, t, b, e: c.kv_lora_rank * c.num_hidden_layers * t * b * e,
+         "the rotary key is missing: each row is [c_KV ; k_R], kv_lora_rank + qk_rope_head_dim numbers"),
+        (lambda c, t, b, e: c.num_attention_heads * (c.qk_nope_head_dim + c.qk_rope_head_dim + c.v_head_dim)
+         * c.num_hidden_layers * t * b * e,
+         "that is the expanded per-head keys and values; MLA caches only the latent and the shared rope key"),
+        (lambda c, t, b, e: 2 * c.num_attention_heads * c.qk_nope_head_dim * c.num_hidden_layers * t * b * e,
+         "that is multi-head attention's cache (2 n_h d_h); MLA caches kv_lora_rank + qk_rope_head_dim"),
+        (lambda c, t, b, e: (c.kv_lora_rank + c.num_attention_heads * c.qk_rope_head_dim) * c.num_hidden_layers
+         * t * b * e,
+         "k_R is counted once per head, but it is ONE key shared by all heads: count it once"),
+        (lambda c, t, b, e: 2 * (c.kv_lora_rank + c.qk_rope_head_dim) * c.num_hidden_layers * t * b * e,
+         "that counts the row twice (as K and as V): the same latent serves as both, it is stored once"),
+        (lambda c, t, b, e: (c.kv_lora_rank + c.qk_rope_head_dim) * c.num_hidden_layers * t * e,
+         "that is one sequence's cache: multiply by batch_size"),
+        (lambda c, t, b, e: (c.kv_lora_rank + c.qk_rope_head_dim) * c.num_hidden_layers * t * b,
+         "that counts elements, not bytes: multiply by bytes_per_element"),
+        (lambda c, t, b, e: (c.kv_lora_rank + c.qk_rope_head_dim) * c.num_hidden_layers * t * b * e * 8,
+         "that is bits: bytes_per_element is already in bytes"),
+    ]
+
+
+def check_latent_cache_bytes(latent_cache_bytes: Callable) -> CheckResult:
+    """Exercise 04.3: latent_cache_bytes(config, seq_len, batch_size, bytes_per_element) -> bytes of MLA's cache."""
+
+    def body() -> str:
+        custom = ModelConfig.from_preset("nano", kv_lora_rank=64, qk_rope_head_dim=8, num_hidden_layers=3)
+        cases = [
+            (ModelConfig.from_preset("deepseek-v3"), 128 * 1024, 1, 2),
+            (ModelConfig.from_preset("deepseek-v2-lite"), 4096, 4, 2),
+            (ModelConfig.from_preset("nano"), 100, 3, 4),
+            (custom, 10, 2, 1),
+            (ModelConfig.from_preset("deepseek-v2"), 128 * 1024, 1, 0.75),  # V2's ~6-bit cache
+        ]
+        names = ["deepseek-v3 at 128k in bf16", "deepseek-v2-lite, 4 x 4096 tokens in bf16",
+                 "nano, 3 x 100 tokens in fp32", "a nano variant (d_c 64, d_rope 8, 3 layers), 2 x 10 tokens in fp8",
+                 "deepseek-v2 at 128k with 6 bits (0.75 bytes) per element"]
+        got = [latent_cache_bytes(*args) for args in cases]
+        want = [reference_latent_cache_bytes(*args) for args in cases]
+
+        def same(a, b) -> bool:
+            return isinstance(a, (int, float)) and not isinstance(a, bool) and math.isclose(a, b, rel_tol=1e-9)
+
+        if all(same(a, b) for a, b in zip(got, want, strict=True)):
+            return f"right on {len(cases)} configurations, DeepSeek-V3 at 128k and V2's 6-bit cache included"
+        i = next(i for i in range(len(cases)) if not same(got[i], want[i]))
+        where = f"for {names[i]} you get {got[i]!r}; expected {want[i]:,.0f}"
+        for mistake, hint in _latent_mistakes():
+            if all(same(a, mistake(*args)) for a, args in zip(got, cases, strict=True)):
+                raise _Fail(f"{where}. Hint: {hint}")
+        raise _Fail(f"{where}. Hint: (kv_lora_rank + qk_rope_head_dim) x num_hidden_layers x seq_len x batch_size "
+                    "x bytes_per_element")
+
+    return _run("04.3", "latent_cache_bytes", body)
+
+
+# ---------------------------------------------------------------- 04.4
+def reference_context_that_fits(config: ModelConfig, budget_bytes: int, batch_size: int = 1,
+                                bytes_per_element: int = 2) -> int:
+    """The longest context (tokens per sequence) whose latent cache for batch_size sequences fits in budget_bytes."""
+    per_position = reference_latent_cache_bytes(config, 1, batch_size, bytes_per_element)  # one token, every sequence
+    return int(budget_bytes // per_position)
+
+
+def check_context_that_fits(context_that_fits: Callable) -> CheckResult:
+    """Exercise 04.4: context_that_fits(config, budget_bytes, batch_size, bytes_per_element) -> whole tokens."""
+
+    def body() -> str:
+        v3, nano = ModelConfig.from_preset("deepseek-v3"), ModelConfig.from_preset("nano")
+        nano_row = reference_latent_cache_bytes(nano, 1, 1, 4)  # bytes per token, fp32
+        cases = [
+            (v3, 80 * 10**9, 1, 2),  # one 80 GB GPU, all of it for the cache
+            (v3, 141 * 10**9, 8, 1),  # one H200, fp8, eight sequences
+            (nano, 100 * nano_row, 1, 4),  # exactly 100 tokens' worth
+            (nano, 100 * 2 * nano_row - 1, 2, 4),  # one byte short of 100 tokens for 2 sequences
+            (nano, nano_row // 2, 1, 4),  # not even one token
+        ]
+        for config, budget, batch, nbytes in cases:
+            want = reference_context_that_fits(config, budget, batch, nbytes)
+            got = context_that_fits(config, budget, batch, nbytes)
+            where = f"for a budget of {budget:,} bytes, batch {batch}, {nbytes} byte(s) per element"
+            if isinstance(got, bool) or not isinstance(got, int):
+                if isinstance(got, float) and got == want:
+                    raise _Fail(f"{where} you return the float {got!r}. Hint: a context is a whole number of "
+                                "tokens: return an int (// or int(...))")
+                if isinstance(got, float):
+                    raise _Fail(f"{where} you return {got!r}, not a whole number of tokens. Hint: round down "
+                                "with // : a partly stored token is of no use")
+                raise _Fail(f"{where} you return a {type(got).__name__}. Hint: return the number of tokens as an int")
+            if got == want:
+                continue
+            used = reference_latent_cache_bytes(config, got, batch, nbytes)
+            if got == want + 1 and used > budget:
+                raise _Fail(f"{where} you return {got:,} tokens, whose cache needs {used:,.0f} bytes, more than the "
+                            "budget. Hint: round down (//), not up")
+            if got == want - 1 and reference_latent_cache_bytes(config, want, batch, nbytes) == budget:
+                raise _Fail(f"{where} you return {got:,}; {want:,} tokens fill the budget exactly and still fit. "
+                            "Hint: a cache of exactly budget_bytes fits: use <= (or plain //)")
+            if got == reference_context_that_fits(config, budget, 1, nbytes) and batch > 1:
+                raise _Fail(f"{where} you return {got:,} tokens, one sequence's worth. Hint: the {batch} sequences "
+                            "of the batch each need their own cache: divide by batch_size too")
+            if got == int(budget // ((config.kv_lora_rank + config.qk_rope_head_dim) * batch * nbytes)):
+                raise _Fail(f"{where} you return {got:,}, a context for one layer. Hint: every one of the "
+                            f"{config.num_hidden_layers} layers caches each token")
+            if got == int(budget // (config.kv_lora_rank * config.num_hidden_layers * batch * nbytes)):
+                raise _Fail(f"{where} you return {got:,}. Hint: each cached row also holds the rope key: "
+                            "kv_lora_rank + qk_rope_head_dim numbers per token and layer")
+            raise _Fail(f"{where} you return {got!r}; expected {want:,}. Hint: budget_bytes // (bytes of one "
+                        "token of every sequence over all layers)")
+        return f"right on {len(cases)} budgets, exact fits and one-byte-short budgets included"
+
+    return _run("04.4", "context_that_fits", body)
+
+
+__all__ = ["reference_absorb_query", "check_absorb_query", "reference_absorbed_attention", "check_absorbed_attention",
+           "reference_latent_cache_bytes", "check_latent_cache_bytes", "reference_context_that_fits",
+           "check_context_that_fits"]

@@ -1,0 +1,244 @@
+"""Training loop: AdamW, warmup + cosine schedule, clipping, evaluation, balancing, safetensors checkpoints.
+
+What a step does, in order:
+
+1. take the batch of this step from ``batch_fn(step)`` (a pure function of the
+   step, so a resumed run sees exactly the batches an uninterrupted one would);
+2. forward with targets: the model returns its loss in parts (``main``, ``mtp``,
+   ``balance``); backpropagate their sum;
+3. clip the gradient norm, set the learning rate of the schedule, AdamW step;
+4. auxiliary-loss-free balancing (V3 §2.1.2): every DeepSeekMoE layer moves its
+   selection bias by ``bias_update_gamma`` towards balance, from this step's
+   loads (gamma 0 turns it off);
+5. log the losses, the learning rate and the MoE loads (MaxVio); every
+   ``eval_every`` steps run ``eval_fn(model)`` and log what it returns.
+
+Checkpoints are a folder: ``model.safetensors`` (weights and buffers, the
+balancing biases included), ``optimizer.safetensors`` (AdamW moments),
+``config.json`` (the ModelConfig) and ``trainer.json`` (TrainConfig, step,
+metrics). No pickle anywhere: loading restores the model bit for bit, and
+resuming continues with exactly the losses of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, load_model, save_file, save_model
+from torch import nn
+
+from .config import ModelConfig
+from .moe import iter_moe_layers, max_violation
+from .utils import progress
+
+Batch = dict[str, torch.Tensor]  # input_ids (B, T), targets (B, T), optional loss_mask (B, T)
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 300  # optimizer steps
+    lr: float = 3e-3  # peak learning rate (AdamW)
+    min_lr_ratio: float = 0.1  # the cosine decays to lr * min_lr_ratio
+    warmup_steps: int = 30  # linear warmup from 0 to lr
+    weight_decay: float = 0.1  # AdamW decoupled weight decay on matrices (not on norms, biases, embeddings)
+    betas: tuple[float, float] = (0.9, 0.95)  # AdamW betas (DeepSeek-V3 uses 0.9, 0.95)
+    grad_clip: float = 1.0  # max global gradient norm (V3: 1.0)
+    bias_update_gamma: float = 0.001  # aux-loss-free balancing speed (V3: 0.001); 0 = off
+    eval_every: int = 100  # steps between evaluations (0 = only at the end)
+    compile: bool = False  # torch.compile the model's forward (off: CPU lessons gain little)
+    seed: int = 0  # seeds torch before the model's first step
+
+    def __post_init__(self) -> None:
+        checks = {"steps": self.steps >= 1, "lr": self.lr > 0, "min_lr_ratio": 0 <= self.min_lr_ratio <= 1,
+                  "warmup_steps": self.warmup_steps >= 0, "weight_decay": self.weight_decay >= 0,
+                  "grad_clip": self.grad_clip > 0, "bias_update_gamma": self.bias_update_gamma >= 0,
+                  "eval_every": self.eval_every >= 0}
+        allowed = {"steps": ">= 1", "lr": "> 0", "min_lr_ratio": "in [0, 1]", "warmup_steps": ">= 0",
+                   "weight_decay": ">= 0", "grad_clip": "> 0", "bias_update_gamma": ">= 0", "eval_every": ">= 0"}
+        for name, ok in checks.items():
+            if not ok:
+                raise ValueError(f"TrainConfig.{name}={getattr(self, name)!r} is invalid: must be {allowed[name]}")
+        self.betas = tuple(self.betas)
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Learning rate of step ``step`` (0-based): linear warmup, then cosine to lr * min_lr_ratio."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    span = max(1, cfg.steps - cfg.warmup_steps)
+    progress_ = min(1.0, (step - cfg.warmup_steps) / span)
+    floor = cfg.lr * cfg.min_lr_ratio
+    return floor + (cfg.lr - floor) * 0.5 * (1 + math.cos(math.pi * progress_))
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW with weight decay on 2-D+ weights only (norm gains, biases and embeddings are not decayed)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (decay if p.dim() >= 2 and "embed" not in name else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas)
+
+
+class Trainer:
+    """Trains ``model`` on ``batch_fn(step)`` batches; ``history`` is a list of dicts, one per step."""
+
+    def __init__(self, model: nn.Module, cfg: TrainConfig, batch_fn: Callable[[int], Batch],
+                 eval_fn: Callable[[nn.Module], dict] | None = None):
+        self.model, self.cfg, self.batch_fn, self.eval_fn = model, cfg, batch_fn, eval_fn
+        self.optimizer = make_optimizer(model, cfg)
+        self.step = 0
+        self.history: list[dict] = []
+        self.evals: list[dict] = []
+        self._forward = torch.compile(model) if cfg.compile else model
+
+    # --------------------------------------------------------------- one step
+    def train_step(self) -> dict:
+        model, cfg = self.model, self.cfg
+        model.train()
+        batch = self.batch_fn(self.step)
+        out = self._forward(batch["input_ids"], targets=batch["targets"], loss_mask=batch.get("loss_mask"))
+        self.optimizer.zero_grad(set_to_none=True)
+        out.loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        lr = lr_at(self.step, cfg)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.step()
+        record = {"step": self.step, "lr": lr, "loss": out.loss.item(), "grad_norm": float(grad_norm)}
+        record.update({f"loss_{name}": value.item() for name, value in out.losses.items()})
+        moe = list(iter_moe_layers(model))
+        if moe:
+            counts = torch.stack([m.last_routing.counts for m in moe])  # (layers, E)
+            record["max_vio"] = float(max_violation(counts).mean())
+            record["expert_load"] = counts.tolist()
+            if cfg.bias_update_gamma > 0:
+                for m in moe:
+                    m.update_bias(cfg.bias_update_gamma)
+        self.step += 1
+        self.history.append(record)
+        return record
+
+    def evaluate(self) -> dict:
+        if self.eval_fn is None:
+            return {}
+        self.model.eval()
+        with torch.no_grad():
+            result = {"step": self.step, **self.eval_fn(self.model)}
+        self.evals.append(result)
+        return result
+
+    def train(self, steps: int | None = None, desc: str = "training") -> list[dict]:
+        """Run until ``steps`` total steps (default cfg.steps); returns the history."""
+        target = self.cfg.steps if steps is None else steps
+        if self.step == 0:
+            torch.manual_seed(self.cfg.seed)
+        bar = progress(total=target, initial=self.step, desc=desc)
+        start = time.perf_counter()
+        while self.step < target:
+            record = self.train_step()
+            bar.update(1)
+            bar.set_postfix(loss=f"{record['loss']:.3f}")
+            if self.cfg.eval_every and self.step % self.cfg.eval_every == 0 and self.step < target:
+                self.evaluate()
+        bar.close()
+        if self.eval_fn is not None and (not self.evals or self.evals[-1]["step"] != self.step):
+            self.evaluate()
+        self.seconds = time.perf_counter() - start
+        return self.history
+
+    # ------------------------------------------------------------ persistence
+    def save(self, folder: str | Path) -> Path:
+        """Write a checkpoint folder (see the module docstring); returns its path."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        save_checkpoint(self.model, folder)
+        state = self.optimizer.state_dict()
+        tensors = {f"state.{i}.{k}": v for i, s in state["state"].items() for k, v in s.items()}
+        save_file(tensors, folder / "optimizer.safetensors")
+        groups = [{k: v for k, v in g.items() if k != "params"} | {"params": g["params"]} for g in state["param_groups"]]
+        meta = {"train_config": dataclasses.asdict(self.cfg), "step": self.step, "param_groups": groups,
+                "history": self.history, "evals": self.evals}
+        (folder / "trainer.json").write_text(json.dumps(meta))
+        return folder
+
+    def load(self, folder: str | Path) -> Trainer:
+        """Restore model, optimizer, step and metrics from a checkpoint written by :meth:`save`."""
+        folder = Path(folder)
+        load_checkpoint_into(self.model, folder)
+        meta = json.loads((folder / "trainer.json").read_text())
+        tensors = load_file(folder / "optimizer.safetensors")
+        state: dict = {}
+        for key, value in tensors.items():
+            _, idx, name = key.split(".", 2)
+            state.setdefault(int(idx), {})[name] = value
+        self.optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+        self.step, self.history, self.evals = meta["step"], meta["history"], meta["evals"]
+        return self
+
+    def write_csv(self, path: str | Path) -> None:
+        """The per-step metrics as CSV (the expert loads, a nested list, are left out)."""
+        rows = [{k: v for k, v in r.items() if k != "expert_load"} for r in self.history]
+        columns = sorted({k for r in rows for k in r}, key=lambda k: (k != "step", k))
+        with open(path, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(rows)
+
+
+def save_checkpoint(model: nn.Module, folder: str | Path) -> None:
+    """model.safetensors and config.json of a MiniDeepSeek (shared tensors handled by safetensors)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_model(model, str(folder / "model.safetensors"))
+    (folder / "config.json").write_text(model.config.to_json())
+
+
+def load_checkpoint_into(model: nn.Module, folder: str | Path) -> nn.Module:
+    """Load model.safetensors into ``model`` (strict: every name and shape must match)."""
+    missing, unexpected = load_model(model, str(Path(folder) / "model.safetensors"), strict=True)
+    return model
+
+
+def load_model_from_checkpoint(folder: str | Path) -> nn.Module:
+    """Build a MiniDeepSeek from config.json and load its weights."""
+    from .model import MiniDeepSeek
+
+    config = ModelConfig.from_dict(json.loads((Path(folder) / "config.json").read_text()))
+    return load_checkpoint_into(MiniDeepSeek(config), folder)
+
+
+@torch.no_grad()
+def exact_match(model: nn.Module, tokenizer, problems, verify, max_new_tokens: int = 32,
+                batch_size: int = 64) -> dict:
+    """Share of problems whose greedy completion (up to eos) passes ``verify(problem, text)``.
+
+    Prompts are left-padded into batches and decoded with the model's cache.
+    Returns {"exact_match": share, "n": count, "samples": [(prompt, completion, ok), ...first 5]}.
+    """
+    from .generate import generate
+
+    model.eval()
+    correct, samples = 0, []
+    for start in range(0, len(problems), batch_size):
+        chunk = problems[start:start + batch_size]
+        ids, mask = tokenizer.encode_batch([p.prompt for p in chunk], bos=True)
+        out = generate(model, ids, max_new_tokens, attention_mask=mask, eos_id=tokenizer.eos_id,
+                       pad_id=tokenizer.pad_id)
+        for p, row in zip(chunk, out[:, ids.shape[1]:], strict=True):
+            text = tokenizer.decode(row.tolist(), skip_special=True)
+            ok = verify(p, text)
+            correct += ok
+            if len(samples) < 5:
+                samples.append((p.prompt, text, bool(ok)))
+    return {"exact_match": correct / max(1, len(problems)), "n": len(problems), "samples": samples}

@@ -1,0 +1,211 @@
+"""Lesson 04 checkers: the reference passes, known-wrong answers fail with their hint, stubs are not attempted."""
+
+import math
+
+import pytest
+import torch
+
+from mlakit import ModelConfig, checks
+from mlakit.attention import causal_mask
+from mlakit.checks import FAIL, NOT_ATTEMPTED, PASS
+from mlakit.checks.lesson04 import _absorbed_variant
+from mlakit.mla import MultiHeadLatentAttention
+from mlakit.viz.dashboard import longest_context
+
+
+def _not_done(*args, **kwargs):
+    raise NotImplementedError
+
+
+# ---------------------------------------------------------------- 04.1
+def _transposed_uk(q, w):
+    return torch.einsum("bhtn,hcn->bhtc", q, w)
+
+
+def _summed_heads_uk(q, w):
+    return torch.einsum("bhtn,gnc->bhtc", q, w)
+
+
+def _rolled_heads_uk(q, w):
+    return torch.einsum("bhtn,hnc->bhtc", q, w.roll(1, dims=0))
+
+
+def _scaled_query(q, w):
+    return checks.reference_absorb_query(q, w) / q.shape[-1] ** 0.5
+
+
+@pytest.mark.parametrize("fn, status, phrase", [
+    (checks.reference_absorb_query, PASS, "matches"),
+    (lambda q, w: q @ w, PASS, "matches"),
+    (_transposed_uk, FAIL, "wrong axis of W_UK"),
+    (_summed_heads_uk, FAIL, "sum of all heads"),
+    (_rolled_heads_uk, FAIL, "W_UK of head"),
+    (_scaled_query, FAIL, "softmax scale belongs to the scores"),
+    (lambda q, w: q[..., :1], FAIL, "dimension 3 differs"),
+    (lambda q, w: checks.reference_absorb_query(q, w) + 1, FAIL, "Hint"),
+    (_not_done, NOT_ATTEMPTED, "absorb_query"),
+])
+def test_check_absorb_query(fn, status, phrase, capsys):
+    result = checks.check_absorb_query(fn)
+    assert result.status == status, result.message
+    assert phrase in result.message
+    assert capsys.readouterr().out.strip() == result.line()
+
+
+# ---------------------------------------------------------------- 04.2
+def _w_uv_first(q_lat, q_rope, latent, w_uv, scale):
+    """Right but slow: expands the values of every head and cached token before the weighted sum."""
+    d_c, T, S = q_lat.shape[-1], q_lat.shape[-2], latent.shape[-2]
+    scores = torch.cat([q_lat, q_rope], -1) @ latent[:, None].transpose(-2, -1) * scale
+    probs = torch.softmax(scores.masked_fill(~causal_mask(T, S), float("-inf")), -1)  # (B, n_h, T, S)
+    v = torch.einsum("bsc,hvc->bhsv", latent[..., :d_c], w_uv)  # (B, n_h, S, d_v): the expansion
+    return probs @ v
+
+
+def _no_rope(q_lat, q_rope, latent, w_uv, scale):
+    return _absorbed_variant(q_lat, q_rope, latent, w_uv, scale, rope=False)
+
+
+def _no_scale(q_lat, q_rope, latent, w_uv, scale):
+    return _absorbed_variant(q_lat, q_rope, latent, w_uv, 1.0)
+
+
+def _latent_width_scale(q_lat, q_rope, latent, w_uv, scale):
+    return _absorbed_variant(q_lat, q_rope, latent, w_uv, latent.shape[-1] ** -0.5)
+
+
+def _no_mask(q_lat, q_rope, latent, w_uv, scale):
+    return _absorbed_variant(q_lat, q_rope, latent, w_uv, scale, mask=False)
+
+
+def _softmax_over_heads(q_lat, q_rope, latent, w_uv, scale):
+    return _absorbed_variant(q_lat, q_rope, latent, w_uv, scale, softmax_dim=1)
+
+
+def _w_uv_transposed(q_lat, q_rope, latent, w_uv, scale):
+    if w_uv.shape[-1] != w_uv.shape[-2]:  # runs only where the shapes allow it, like the real mistake
+        return checks.reference_absorbed_attention(q_lat, q_rope, latent, w_uv, scale)
+    return _absorbed_variant(q_lat, q_rope, latent, w_uv, scale, w_uv_eq="bhtc,hcv->bhtv")
+
+
+def _w_uv_summed_heads(q_lat, q_rope, latent, w_uv, scale):
+    return _absorbed_variant(q_lat, q_rope, latent, w_uv, scale, w_uv_eq="bhtc,gvc->bhtv")
+
+
+def _value_with_rope(q_lat, q_rope, latent, w_uv, scale):
+    T, S = q_lat.shape[-2], latent.shape[-2]
+    scores = torch.cat([q_lat, q_rope], -1) @ latent[:, None].transpose(-2, -1) * scale
+    probs = torch.softmax(scores.masked_fill(~causal_mask(T, S), float("-inf")), -1)
+    return torch.einsum("bhtc,hvc->bhtv", probs @ latent[:, None], w_uv)  # (.., d_c + d_rope) against d_c: error
+
+
+@pytest.mark.parametrize("fn, status, phrase", [
+    (checks.reference_absorbed_attention, PASS, "without expanding"),
+    (_w_uv_first, PASS, "the expansion the absorbed path avoids"),
+    (_no_rope, FAIL, "rotary part"),
+    (_no_scale, FAIL, "not scaled"),
+    (_latent_width_scale, FAIL, "1/sqrt(d_c + d_rope)"),
+    (_no_mask, FAIL, "causal_mask"),
+    (_softmax_over_heads, FAIL, "wrong axis. Hint: each query's weights"),
+    (_w_uv_transposed, FAIL, "W_UV is applied along the wrong axis"),
+    (_w_uv_summed_heads, FAIL, "sum of all heads' W_UV"),
+    (_value_with_rope, FAIL, "the value only its first d_c"),
+    (lambda *a: a[0], FAIL, "shape"),
+    (_not_done, NOT_ATTEMPTED, "absorbed_attention"),
+])
+def test_check_absorbed_attention(fn, status, phrase):
+    result = checks.check_absorbed_attention(fn)
+    assert result.status == status, result.message
+    assert phrase in result.message
+
+
+def test_reference_absorbed_attention_is_the_library_path():
+    cfg = ModelConfig.from_preset("nano", n_routed_experts=0, num_nextn_predict_layers=0)
+    layer = MultiHeadLatentAttention(cfg).eval()
+    x, pos = torch.randn(2, 5, cfg.hidden_size), torch.arange(5)
+    with torch.no_grad():
+        q_nope, q_rope = layer.query(x, pos)
+        latent = layer.latent(x, pos)
+        w_uk, w_uv = layer.up_weights()
+        ours = checks.reference_absorbed_attention(checks.reference_absorb_query(q_nope, w_uk), q_rope, latent,
+                                                   w_uv, layer.scale)
+        torch.testing.assert_close(ours, layer.attend_absorbed(q_nope, q_rope, latent))
+        torch.testing.assert_close(ours, layer.attend_naive(q_nope, q_rope, latent))
+
+
+# ---------------------------------------------------------------- 04.3
+def _mla(c):
+    return c.kv_lora_rank + c.qk_rope_head_dim
+
+
+@pytest.mark.parametrize("fn, status, phrase", [
+    (checks.reference_latent_cache_bytes, PASS, "DeepSeek-V3"),
+    (lambda c, t, b, e: _mla(c) * t * b * e, FAIL, "one layer's cache"),
+    (lambda c, t, b, e: c.kv_lora_rank * c.num_hidden_layers * t * b * e, FAIL, "rotary key is missing"),
+    (lambda c, t, b, e: c.num_attention_heads * (c.qk_head_dim + c.v_head_dim) * c.num_hidden_layers * t * b * e,
+     FAIL, "expanded per-head"),
+    (lambda c, t, b, e: 2 * c.num_attention_heads * c.head_dim * c.num_hidden_layers * t * b * e, FAIL,
+     "multi-head attention's cache"),
+    (lambda c, t, b, e: (c.kv_lora_rank + c.num_attention_heads * c.qk_rope_head_dim) * c.num_hidden_layers
+     * t * b * e, FAIL, "shared by all heads"),
+    (lambda c, t, b, e: 2 * _mla(c) * c.num_hidden_layers * t * b * e, FAIL, "counts the row twice"),
+    (lambda c, t, b, e: _mla(c) * c.num_hidden_layers * t * e, FAIL, "batch_size"),
+    (lambda c, t, b, e: _mla(c) * c.num_hidden_layers * t * b, FAIL, "not bytes"),
+    (lambda c, t, b, e: 8 * _mla(c) * c.num_hidden_layers * t * b * e, FAIL, "that is bits"),
+    (lambda c, t, b, e: 3, FAIL, "(kv_lora_rank + qk_rope_head_dim) x num_hidden_layers"),
+    (lambda c, t, b, e: str(_mla(c)), FAIL, "expected"),
+    (_not_done, NOT_ATTEMPTED, "latent_cache_bytes"),
+])
+def test_check_latent_cache_bytes(fn, status, phrase):
+    result = checks.check_latent_cache_bytes(fn)
+    assert result.status == status, result.message
+    assert phrase in result.message
+
+
+def test_reference_latent_cache_bytes_is_the_library_formula():
+    from mlakit.kvcache import cache_bytes
+
+    for preset in ("deepseek-v3", "deepseek-v2", "deepseek-v2-lite", "nano"):
+        cfg = ModelConfig.from_preset(preset)
+        assert checks.reference_latent_cache_bytes(cfg, 4096, 3, 2) == cache_bytes(cfg, 4096, 3, "bf16")
+    assert checks.reference_latent_cache_bytes(ModelConfig.from_preset("deepseek-v3"), 1) == 70_272
+
+
+# ---------------------------------------------------------------- 04.4
+def _per_token(c, b, e):
+    return _mla(c) * c.num_hidden_layers * b * e
+
+
+@pytest.mark.parametrize("fn, status, phrase", [
+    (checks.reference_context_that_fits, PASS, "exact fits"),
+    (lambda c, m, b, e: math.ceil(m / _per_token(c, b, e)), FAIL, "round down (//), not up"),
+    (lambda c, m, b, e: (m - 1) // _per_token(c, b, e), FAIL, "use <="),
+    (lambda c, m, b, e: m // _per_token(c, 1, e), FAIL, "divide by batch_size"),
+    (lambda c, m, b, e: m // (_mla(c) * b * e), FAIL, "for one layer"),
+    (lambda c, m, b, e: m // (c.kv_lora_rank * c.num_hidden_layers * b * e), FAIL, "rope key"),
+    (lambda c, m, b, e: m / _per_token(c, b, e), FAIL, "not a whole number of tokens"),
+    (lambda c, m, b, e: float(m // _per_token(c, b, e)), FAIL, "return an int"),
+    (lambda c, m, b, e: str(m), FAIL, "as an int"),
+    (lambda c, m, b, e: 7, FAIL, "budget_bytes //"),
+    (_not_done, NOT_ATTEMPTED, "context_that_fits"),
+])
+def test_check_context_that_fits(fn, status, phrase):
+    result = checks.check_context_that_fits(fn)
+    assert result.status == status, result.message
+    assert phrase in result.message
+
+
+def test_context_that_fits_agrees_with_the_dashboard():
+    v3 = ModelConfig.from_preset("deepseek-v3")
+    expected = longest_context(v3, "bf16", 4, 80)["max_context_cache_only"]
+    assert checks.reference_context_that_fits(v3, 80 * 10**9, 4, 2) == expected
+
+
+def test_lesson04_results_parse_and_name_their_exercise():
+    for check, ref, number in ((checks.check_absorb_query, checks.reference_absorb_query, "04.1"),
+                               (checks.check_absorbed_attention, checks.reference_absorbed_attention, "04.2"),
+                               (checks.check_latent_cache_bytes, checks.reference_latent_cache_bytes, "04.3"),
+                               (checks.check_context_that_fits, checks.reference_context_that_fits, "04.4")):
+        assert check.__doc__.startswith(f"Exercise {number}:")
+        m = checks.RESULT_LINE.match(check(ref).line())
+        assert m and m["exercise"] == number and m["status"] == PASS
