@@ -1,0 +1,125 @@
+import csv
+
+import pytest
+import torch
+
+from mlakit import ModelConfig
+from mlakit.data import AdditionTask, LMBatches, encode_problems, make_splits
+from mlakit.model import LMOutput, MiniDeepSeek
+from mlakit.moe import iter_moe_layers
+from mlakit.tokenizer import CharTokenizer
+from mlakit.train import Trainer, TrainConfig, exact_match, load_model_from_checkpoint, lr_at, save_checkpoint
+
+TOK = CharTokenizer()
+TINY = ModelConfig.from_preset("nano", vocab_size=TOK.vocab_size, hidden_size=32, num_hidden_layers=2,
+                               num_attention_heads=2, q_lora_rank=16, kv_lora_rank=16, qk_nope_head_dim=8,
+                               qk_rope_head_dim=8, v_head_dim=8, intermediate_size=64, moe_intermediate_size=16,
+                               max_position_embeddings=48)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _batches(seed=0):
+    splits = make_splits(AdditionTask(1, 2).all_problems(), seed=0)
+    return LMBatches(encode_problems(splits["train"], TOK), batch_size=8, pad_id=TOK.pad_id, seed=seed), splits
+
+
+def test_deepseek_v3_and_v2_parameter_counts_on_the_meta_device():
+    with torch.device("meta"):
+        v3 = MiniDeepSeek(ModelConfig.from_preset("deepseek-v3")).num_parameters()
+        v2 = MiniDeepSeek(ModelConfig.from_preset("deepseek-v2")).num_parameters()
+    assert v3["total"] == pytest.approx(671e9, rel=0.01)
+    assert v3["active"] == pytest.approx(37e9, rel=0.02)  # embedding and head counted as active
+    assert v2["total"] == pytest.approx(236e9, rel=0.01)
+    assert v2["active"] == pytest.approx(21e9, rel=0.02)
+
+
+def test_forward_with_targets_returns_the_loss_in_parts():
+    torch.manual_seed(0)
+    model = MiniDeepSeek(TINY)
+    batch = _batches()[0](0)
+    out = model(batch["input_ids"], targets=batch["targets"], loss_mask=batch["loss_mask"])
+    assert isinstance(out, LMOutput)
+    assert set(out.losses) == {"main", "mtp", "balance"}
+    torch.testing.assert_close(out.loss, sum(out.losses.values()))
+    T = batch["input_ids"].shape[1]
+    assert out.mtp_logits[0].shape == (8, T - 1, TOK.vocab_size)
+    # the MTP loss is lambda times the cross-entropy of predicting t_{i+2}
+    ce = torch.nn.functional.cross_entropy(out.mtp_logits[0].reshape(-1, TOK.vocab_size), batch["targets"][:, 1:].reshape(-1),
+                                           reduction="none")
+    m = batch["loss_mask"][:, 1:].reshape(-1)
+    torch.testing.assert_close(out.losses["mtp"], TINY.mtp_loss_weight * (ce * m).sum() / m.sum())
+    dense = MiniDeepSeek(TINY.replace(n_routed_experts=0, num_nextn_predict_layers=0))
+    assert set(dense(batch["input_ids"], targets=batch["targets"]).losses) == {"main"}
+
+
+def test_lr_schedule_warms_up_then_decays_to_the_floor():
+    cfg = TrainConfig(steps=100, lr=1.0, warmup_steps=10, min_lr_ratio=0.1)
+    assert lr_at(0, cfg) == pytest.approx(0.1) and lr_at(9, cfg) == pytest.approx(1.0)
+    assert lr_at(10, cfg) == pytest.approx(1.0)
+    assert lr_at(55, cfg) == pytest.approx(0.55)
+    assert lr_at(100, cfg) == pytest.approx(0.1)
+    with pytest.raises(ValueError, match="TrainConfig.lr="):
+        TrainConfig(lr=0)
+
+
+def test_training_reduces_the_loss_and_moves_the_balancing_bias():
+    torch.manual_seed(0)
+    model = MiniDeepSeek(TINY)
+    batches, _ = _batches()
+    trainer = Trainer(model, TrainConfig(steps=30, lr=3e-3, warmup_steps=3, eval_every=0), batches)
+    history = trainer.train()
+    assert history[-1]["loss_main"] < 0.7 * history[0]["loss_main"]
+    assert all("max_vio" in r and len(r["expert_load"]) == 2 for r in history)  # 1 MoE layer + the MTP block's
+    biases = [m.gate.e_score_correction_bias for m in iter_moe_layers(model)]
+    assert all(b.abs().sum() > 0 for b in biases)
+
+
+def test_checkpoint_loads_back_bit_for_bit(tmp_path):
+    torch.manual_seed(0)
+    model = MiniDeepSeek(TINY)
+    Trainer(model, TrainConfig(steps=5, eval_every=0), _batches()[0]).train()
+    save_checkpoint(model, tmp_path)
+    back = load_model_from_checkpoint(tmp_path)
+    assert back.config == model.config
+    a, b = model.state_dict(), back.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert not list(tmp_path.glob("*.pt")) and not list(tmp_path.glob("*.pkl"))
+
+
+def test_resuming_gives_exactly_the_losses_of_an_uninterrupted_run(tmp_path):
+    cfg = TrainConfig(steps=12, lr=3e-3, warmup_steps=2, eval_every=0)
+    torch.manual_seed(0)
+    full = Trainer(MiniDeepSeek(TINY), cfg, _batches()[0])
+    full.train()
+
+    torch.manual_seed(0)
+    first = Trainer(MiniDeepSeek(TINY), cfg, _batches()[0])
+    first.train(steps=6)
+    first.save(tmp_path / "ckpt")
+    torch.manual_seed(123)  # a different process state must not matter
+    second = Trainer(MiniDeepSeek(TINY), cfg, _batches()[0]).load(tmp_path / "ckpt")
+    second.train()
+    assert [r["loss"] for r in second.history] == [r["loss"] for r in full.history]
+    fa, fb = full.model.state_dict(), second.model.state_dict()
+    assert all(torch.equal(fa[k], fb[k]) for k in fa)
+    second.write_csv(tmp_path / "metrics.csv")
+    rows = list(csv.DictReader(open(tmp_path / "metrics.csv")))
+    assert len(rows) == 12 and "loss_main" in rows[0]
+
+
+def test_exact_match_uses_the_verifier():
+    torch.manual_seed(0)
+    model = MiniDeepSeek(TINY)
+    _, splits = _batches()
+    task = AdditionTask(1, 2)
+    result = exact_match(model, TOK, splits["test"][:8], task.verify, max_new_tokens=8)
+    assert result["n"] == 8 and 0 <= result["exact_match"] <= 1
+    always = exact_match(model, TOK, splits["test"][:8], lambda p, text: True, max_new_tokens=2)
+    assert always["exact_match"] == 1.0
