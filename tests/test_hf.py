@@ -1,0 +1,104 @@
+"""Export to transformers' DeepseekV3: the same logits from transformers' own model, and a lossless round trip."""
+
+import json
+
+import pytest
+import torch
+
+from mlakit import ModelConfig, hf
+from mlakit.model import MiniDeepSeek
+
+transformers = pytest.importorskip("transformers")
+
+BASE = ModelConfig.from_preset("nano", n_group=2, topk_group=1, routed_scaling_factor=2.5, num_hidden_layers=3)
+CASES = {
+    "nano": BASE,
+    "no_q_lora_halves_rope": BASE.replace(q_lora_rank=None, rope_interleave=False),
+    "yarn_no_renorm": BASE.replace(rope_scaling={"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64,
+                                                 "beta_fast": 32, "beta_slow": 1, "mscale": 1.0, "mscale_all_dim": 1.0},
+                                   norm_topk_prob=False, first_k_dense_replace=2),
+    "dense": BASE.replace(n_routed_experts=0, num_nextn_predict_layers=0),
+}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _model(cfg, seed=0):
+    torch.manual_seed(seed)
+    model = MiniDeepSeek(cfg).eval()
+    with torch.no_grad():
+        for name, buf in model.named_buffers():
+            if name.endswith("e_score_correction_bias"):
+                buf.uniform_(-0.2, 0.2)  # a trained-looking balancing bias, so selection differs from plain top-k
+        for name, p in model.named_parameters():
+            if name.endswith("layernorm.weight") or name.endswith("norm.weight"):
+                p.uniform_(0.5, 1.5)
+    return model
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_transformers_loads_the_export_and_gives_the_same_logits(name, tmp_path):
+    model = _model(CASES[name])
+    hf.save_pretrained(model, tmp_path)
+    ref = transformers.DeepseekV3ForCausalLM.from_pretrained(
+        tmp_path, attn_implementation="eager", experts_implementation="eager").eval()
+    ids = torch.randint(0, model.config.vocab_size, (2, 20))
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids), ref(ids).logits, atol=1e-5, rtol=1e-4)
+
+
+def test_round_trip_is_lossless_including_mtp(tmp_path):
+    model = _model(BASE)
+    hf.save_pretrained(model, tmp_path)
+    assert (tmp_path / "mtp.safetensors").exists()
+    back = hf.from_pretrained(tmp_path)
+    assert back.config == model.config
+    a, b = model.state_dict(), back.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_on_disk_names_follow_transformers(tmp_path):
+    from safetensors import safe_open
+
+    hf.save_pretrained(_model(BASE), tmp_path)
+    with safe_open(tmp_path / "model.safetensors", "pt") as f:
+        keys = set(f.keys())
+    for key in ("model.embed_tokens.weight", "lm_head.weight", "model.norm.weight",
+                "model.layers.0.self_attn.kv_a_proj_with_mqa.weight", "model.layers.0.mlp.gate_proj.weight",
+                "model.layers.1.mlp.gate.weight", "model.layers.1.mlp.gate.e_score_correction_bias",
+                "model.layers.1.mlp.experts.7.down_proj.weight", "model.layers.1.mlp.shared_experts.up_proj.weight"):
+        assert key in keys, key
+    assert not any(k.startswith("mtp.") for k in keys)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["model_type"] == "deepseek_v3" and config["num_key_value_heads"] == BASE.num_attention_heads
+
+
+def test_a_plain_transformers_checkpoint_loads_into_mlakit(tmp_path):
+    model = _model(BASE.replace(num_nextn_predict_layers=0))
+    hf.save_pretrained(model, tmp_path / "ours")
+    ref = transformers.DeepseekV3ForCausalLM.from_pretrained(tmp_path / "ours")
+    ref.save_pretrained(tmp_path / "theirs")
+    data = json.loads((tmp_path / "theirs" / "config.json").read_text())
+    data.pop("mlakit_config", None)  # as if written by transformers alone
+    (tmp_path / "theirs" / "config.json").write_text(json.dumps(data))
+    back = hf.from_pretrained(tmp_path / "theirs")
+    ids = torch.randint(0, BASE.vocab_size, (1, 12))
+    with torch.no_grad():
+        torch.testing.assert_close(back(ids), model(ids), atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("changes, phrase", [
+    ({"scoring_func": "softmax", "norm_topk_prob": False}, "sigmoid"),
+    ({"attn_type": "mha"}, "MLA"),
+    ({"tie_word_embeddings": True}, "untied"),
+])
+def test_what_transformers_cannot_express_is_refused(changes, phrase, tmp_path):
+    cfg = BASE.variant("mha") if changes.get("attn_type") == "mha" else BASE.replace(**changes)
+    with pytest.raises(ValueError, match=phrase):
+        hf.save_pretrained(MiniDeepSeek(cfg), tmp_path)
