@@ -85,6 +85,14 @@ class PreallocatedCache:
     def reset(self) -> None:
         self.lengths = [0] * len(self.lengths)
 
+    def truncate(self, length: int, layers: range | None = None) -> None:
+        """Forget every position from ``length`` on (in ``layers``, default all): a rejected draft token
+        in speculative decoding. The memory stays allocated and is overwritten by the next write."""
+        for layer in layers if layers is not None else range(len(self.lengths)):
+            if not 0 <= length <= self.lengths[layer]:
+                raise ValueError(f"cannot truncate layer {layer} holding {self.lengths[layer]} positions to {length}")
+            self.lengths[layer] = length
+
 
 class KVCache(PreallocatedCache):
     """Keys and values of every layer, preallocated: ``k`` and ``v`` are (layers, B, n_kv, max_len, d_h).

@@ -1,4 +1,4 @@
-"""The ``mlakit`` command: doctor, cache, exercises build/check, grade."""
+"""The ``mlakit`` command: doctor, cache, exercises build/check, grade, train, generate."""
 
 from __future__ import annotations
 
@@ -46,6 +46,68 @@ def _cmd_grade(args: argparse.Namespace) -> int:
     return main(args.notebook, as_json=args.json, timeout=args.timeout)
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .config import ModelConfig
+    from .data import AdditionTask, LMBatches, encode_problems, make_splits
+    from .model import MiniDeepSeek
+    from .tokenizer import CharTokenizer
+    from .train import TrainConfig, Trainer, exact_match
+    from .utils import seed_everything
+
+    seed_everything(args.seed, threads=args.threads)
+    tok = CharTokenizer()
+    task = AdditionTask(1, args.digits)
+    problems = task.all_problems() if args.digits <= 2 else list(task.generate(20000, seed=args.seed))
+    splits = make_splits(problems, seed=args.seed)
+    config = ModelConfig.from_preset(args.preset, vocab_size=tok.vocab_size,
+                                     max_position_embeddings=args.max_len)
+    model = MiniDeepSeek(config)
+    n = model.num_parameters()
+    print(f"{args.preset}: {n['total']:,} parameters ({n['active']:,} active per token); "
+          f"{len(splits['train']):,} training problems of up to {args.digits} digits")
+    batches = LMBatches(encode_problems(splits["train"], tok), args.batch_size, tok.pad_id, seed=args.seed)
+    evaluate = lambda m: {"exact_match": exact_match(m, tok, splits["validation"][:200], task.verify)["exact_match"]}  # noqa: E731
+    cfg = TrainConfig(steps=args.steps, lr=args.lr, warmup_steps=max(1, args.steps // 10),
+                      eval_every=max(1, args.steps // 4), seed=args.seed)
+    trainer = Trainer(model, cfg, batches, evaluate)
+    trainer.train()
+    for e in trainer.evals:
+        print(f"step {e['step']:>5}: validation exact match {e['exact_match']:.1%}")
+    out = trainer.save(args.out)
+    tok.save(out / "tokenizer.json")
+    trainer.write_csv(out / "metrics.csv")
+    print(f"checkpoint written to {out} (model.safetensors, optimizer.safetensors, config.json, tokenizer.json)")
+    return 0
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import torch
+
+    from .generate import generate
+    from .tokenizer import CharTokenizer
+    from .train import load_model_from_checkpoint
+
+    folder = Path(args.ckpt)
+    if not (folder / "model.safetensors").exists():
+        print(f"mlakit generate: no checkpoint in {folder} (expected model.safetensors and config.json)")
+        return 2
+    model = load_model_from_checkpoint(folder).eval()
+    tok = CharTokenizer.load(folder / "tokenizer.json")
+    try:
+        ids, mask = tok.encode_batch(args.prompt, bos=True)
+    except ValueError as e:
+        print(f"mlakit generate: {e}")
+        return 2
+    gen = torch.Generator().manual_seed(args.seed)
+    out = generate(model, ids, args.max_new_tokens, attention_mask=mask, temperature=args.temperature,
+                   top_k=args.top_k, top_p=args.top_p, eos_id=tok.eos_id, pad_id=tok.pad_id, generator=gen)
+    for prompt, row in zip(args.prompt, out[:, ids.shape[1]:], strict=True):
+        print(prompt + tok.decode(row.tolist(), skip_special=True))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .config import list_presets
 
@@ -68,6 +130,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable report")
     p.add_argument("--timeout", type=float, default=60, help="seconds per cell (default 60)")
     p.set_defaults(func=_cmd_grade)
+    p = sub.add_parser("train", help="pretrain a model on the synthetic addition task; writes a checkpoint")
+    p.add_argument("--preset", default="nano", choices=list_presets())
+    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--out", required=True, help="checkpoint folder")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--digits", type=int, default=2, help="largest number of digits per operand")
+    p.add_argument("--max-len", type=int, default=64, help="longest sequence the model serves")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.set_defaults(func=_cmd_train)
+    p = sub.add_parser("generate", help="complete prompts with a trained checkpoint")
+    p.add_argument("--ckpt", required=True, help="checkpoint folder written by `mlakit train`")
+    p.add_argument("--prompt", action="append", required=True, help="a prompt; repeat for a batch")
+    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_generate)
     return parser
 
 

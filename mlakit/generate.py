@@ -14,6 +14,8 @@ continues from its last column and no token attends to padding.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
@@ -79,3 +81,72 @@ def generate(model: nn.Module, input_ids: torch.Tensor, max_new_tokens: int, use
                 break
         step_input = nxt if use_cache else ids  # with a cache only the new token goes in
     return ids
+
+
+@dataclass
+class SpeculativeStats:
+    drafted: int = 0  # second tokens proposed by the MTP module
+    accepted: int = 0  # of which the main model agreed with
+    main_forwards: int = 0  # forward passes of the main model (prefill included)
+
+    @property
+    def acceptance_rate(self) -> float:
+        return self.accepted / max(1, self.drafted)
+
+    @property
+    def tokens_per_forward(self) -> float:
+        """New tokens per main-model forward pass (plain decoding: 1)."""
+        return (self.accepted + self.main_forwards) / max(1, self.main_forwards)
+
+
+@torch.no_grad()
+def speculative_generate(model: nn.Module, input_ids: torch.Tensor, max_new_tokens: int,
+                         eos_id: int | None = None) -> tuple[torch.Tensor, SpeculativeStats]:
+    """Greedy decoding that uses the first MTP module as a one-token drafter (DeepSeek-V3 §2.2, §5.4.3).
+
+    Each step feeds the main model two tokens: the next token (already decided)
+    and the MTP module's guess for the one after. If the main model's own
+    prediction agrees with the guess, both are kept and a third is already
+    decided: two tokens for one forward pass. If not, the guess is dropped from
+    the cache (:meth:`~mlakit.attention.PreallocatedCache.truncate`) and the
+    corrected token is kept. The output equals plain greedy decoding; only the
+    number of forward passes changes. Batch size 1.
+    """
+    if input_ids.shape[0] != 1:
+        raise ValueError(f"speculative_generate decodes one sequence at a time; got a batch of {input_ids.shape[0]}")
+    if not len(getattr(model, "mtp", ())):
+        raise ValueError("speculative_generate needs a model with an MTP module (num_nextn_predict_layers >= 1)")
+    mtp, L = model.mtp[0], model.config.num_hidden_layers
+    T = input_ids.shape[1]
+    cache = model.new_cache(1, T + max_new_tokens + 2, include_mtp=True)
+    main_layers, mtp_layers = range(L), range(L, L + len(model.mtp))
+    stats = SpeculativeStats()
+
+    def main(tokens):  # run the main model on new tokens; (hidden (1, n, d), greedy next ids (n,))
+        stats.main_forwards += 1
+        h = model.hidden_states(tokens, cache)
+        return h, model.lm_head(model.norm(h))[0].argmax(-1)
+
+    def draft(h, next_tokens):  # MTP on (h_i, t_{i+1}) pairs; its guess for the token after the last
+        out = mtp(h, model.embed_tokens(next_tokens), cache)
+        return int(model.lm_head(mtp.shared_head_norm(out))[0, -1].argmax())
+
+    h, preds = main(input_ids)
+    out = [int(preds[-1])]  # t_T, decided
+    guess = draft(h, torch.tensor([[*input_ids[0, 1:].tolist(), out[-1]]]))
+    while len(out) < max_new_tokens and (eos_id is None or out[-1] != eos_id):
+        p = cache.lengths[0]  # positions the main model has cached
+        h, preds = main(torch.tensor([[out[-1], guess]]))  # positions p (decided token) and p + 1 (the guess)
+        stats.drafted += 1
+        if int(preds[0]) == guess:
+            stats.accepted += 1
+            out += [guess, int(preds[1])]
+            guess = draft(h, torch.tensor([out[-2:]]))
+        else:
+            out.append(int(preds[0]))
+            cache.truncate(p + 1, main_layers)  # drop the rejected guess
+            guess = draft(h[:, :1], torch.tensor([[out[-1]]]))
+    out = out[:max_new_tokens]
+    if eos_id is not None and eos_id in out:
+        out = out[: out.index(eos_id) + 1]
+    return torch.cat([input_ids, torch.tensor([out])], dim=1), stats

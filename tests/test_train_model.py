@@ -8,7 +8,14 @@ from mlakit.data import AdditionTask, LMBatches, encode_problems, make_splits
 from mlakit.model import LMOutput, MiniDeepSeek
 from mlakit.moe import iter_moe_layers
 from mlakit.tokenizer import CharTokenizer
-from mlakit.train import Trainer, TrainConfig, exact_match, load_model_from_checkpoint, lr_at, save_checkpoint
+from mlakit.train import (
+    TrainConfig,
+    Trainer,
+    exact_match,
+    load_model_from_checkpoint,
+    lr_at,
+    save_checkpoint,
+)
 
 TOK = CharTokenizer()
 TINY = ModelConfig.from_preset("nano", vocab_size=TOK.vocab_size, hidden_size=32, num_hidden_layers=2,
@@ -123,3 +130,24 @@ def test_exact_match_uses_the_verifier():
     assert result["n"] == 8 and 0 <= result["exact_match"] <= 1
     always = exact_match(model, TOK, splits["test"][:8], lambda p, text: True, max_new_tokens=2)
     assert always["exact_match"] == 1.0
+
+
+def test_speculative_decoding_with_mtp_equals_greedy_and_accepts_drafts():
+    from mlakit.generate import generate, speculative_generate
+
+    torch.manual_seed(0)
+    model = MiniDeepSeek(TINY)
+    Trainer(model, TrainConfig(steps=150, lr=1e-2, warmup_steps=10, eval_every=0), _batches()[0]).train()
+    model.eval()
+    accepted = drafted = 0
+    for p in make_splits(AdditionTask(1, 2).all_problems(), seed=0)["test"][:6]:
+        ids = torch.tensor([TOK.encode(p.prompt, bos=True)])
+        plain = generate(model, ids, 20, eos_id=TOK.eos_id)
+        fast, stats = speculative_generate(model, ids, 20, eos_id=TOK.eos_id)
+        assert torch.equal(fast, plain[:, : fast.shape[1]]) and fast.shape == plain.shape
+        accepted, drafted = accepted + stats.accepted, drafted + stats.drafted
+    assert drafted > 0 and accepted > 0  # a trained MTP module guesses some second tokens right
+    with pytest.raises(ValueError, match="one sequence"):
+        speculative_generate(model, torch.zeros(2, 3, dtype=torch.long), 4)
+    with pytest.raises(ValueError, match="MTP"):
+        speculative_generate(MiniDeepSeek(TINY.replace(num_nextn_predict_layers=0)), ids, 4)
