@@ -119,7 +119,7 @@ def speculative_generate(model: nn.Module, input_ids: torch.Tensor, max_new_toke
     mtp, L = model.mtp[0], model.config.num_hidden_layers
     T = input_ids.shape[1]
     cache = model.new_cache(1, T + max_new_tokens + 2, include_mtp=True)
-    main_layers, mtp_layers = range(L), range(L, L + len(model.mtp))
+    main_layers = range(L)  # the MTP block caches in layer L; its entries are never rolled back
     stats = SpeculativeStats()
 
     def main(tokens):  # run the main model on new tokens; (hidden (1, n, d), greedy next ids (n,))
