@@ -53,7 +53,7 @@ def time_mlakit_mla(layer, ctx: int, path: str) -> float:
     x = torch.randn(1, 1, CFG.hidden_size)
 
     def step():
-        cache.lengths = [ctx]  # rewind: every timed step decodes position ctx
+        cache.truncate(ctx)  # rewind: every timed step decodes position ctx
         layer(x, cache, path=path)
 
     return best_of(step)
@@ -68,7 +68,7 @@ def time_mha(ctx: int) -> float:
     x = torch.randn(1, 1, CFG.hidden_size)
 
     def step():
-        cache.lengths = [ctx]
+        cache.truncate(ctx)
         layer(x, cache)
 
     return best_of(step)

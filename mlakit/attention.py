@@ -142,18 +142,25 @@ def scaled_dot_product_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tens
     (ignored) output instead of NaN. ``dropout_p`` drops attention
     probabilities (training only).
     """
-    scores = (q @ k.transpose(-2, -1)) * scale  # (B, H, T, S)
-    T, S = q.shape[-2], k.shape[-2]
+    B, H, T, _ = q.shape
+    S = k.shape[-2]
+    fold = k.shape[1] == 1 and H > 1  # one shared KV head: fold the query heads into rows, no per-head copies
+    if fold:
+        q = q.reshape(B, 1, H * T, q.shape[-1])  # (B, 1, H*T, d): row h*T + t is head h at position t
+    scores = (q @ k.transpose(-2, -1)) * scale  # (B, H, T, S), or (B, 1, H*T, S) folded
     allowed = causal_mask(T, S, q.device) if causal else torch.ones(T, S, dtype=torch.bool, device=q.device)
     if key_mask is not None:
         itself = torch.arange(S, device=q.device) == torch.arange(S - T, S, device=q.device)[:, None]  # (T, S)
         allowed = (allowed & key_mask[:, None, None, :]) | itself  # (B, 1, T, S)
     if causal or key_mask is not None:
+        if fold:
+            allowed = allowed.repeat(*([1] * (allowed.dim() - 2)), H, 1)  # (..., H*T, S): same mask for every head
         scores = scores.masked_fill(~allowed, float("-inf"))
-    probs = torch.softmax(scores.float(), dim=-1).to(q.dtype)  # (B, H, T, S)
+    probs = torch.softmax(scores.float(), dim=-1).to(q.dtype)
     if dropout_p:
         probs = torch.nn.functional.dropout(probs, dropout_p)
-    return probs @ v  # (B, H, T, d_v)
+    out = probs @ v  # (B, H, T, d_v), or (B, 1, H*T, d_v) folded
+    return out.reshape(B, H, T, v.shape[-1]) if fold else out
 
 
 class Attention(nn.Module):

@@ -281,8 +281,8 @@ def dispatch_sorted(experts: RoutedExperts, x: torch.Tensor, weights: torch.Tens
     T, k = indices.shape
     H = x.shape[-1]
     order, counts = sort_by_expert(indices, experts.num_experts)  # (T*k,), (E,)
-    x_slots = x[:, None, :].expand(T, k, H).reshape(T * k, H)  # (T*k, H): one row per (token, k) slot
-    y_sorted = grouped_swiglu(experts, x_slots[order], counts, weights.reshape(-1)[order])  # (T*k, H) expert order
+    x_sorted = x[order // k]  # (T*k, H): slot t*k + j carries token t; gathered straight into expert order
+    y_sorted = grouped_swiglu(experts, x_sorted, counts, weights.reshape(-1)[order])  # (T*k, H) expert order
     inverse = torch.empty_like(order)
     inverse[order] = torch.arange(order.numel(), device=order.device)  # (T*k,) expert order -> slot order
     return y_sorted[inverse].view(T, k, H).sum(dim=1).to(x.dtype)  # (T, k, H) -> (T, H)

@@ -18,41 +18,6 @@ def _not_done(*args, **kwargs):
 
 
 # ---------------------------------------------------------------- 04.1
-def _transposed_uk(q, w):
-    return torch.einsum("bhtn,hcn->bhtc", q, w)
-
-
-def _summed_heads_uk(q, w):
-    return torch.einsum("bhtn,gnc->bhtc", q, w)
-
-
-def _rolled_heads_uk(q, w):
-    return torch.einsum("bhtn,hnc->bhtc", q, w.roll(1, dims=0))
-
-
-def _scaled_query(q, w):
-    return checks.reference_absorb_query(q, w) / q.shape[-1] ** 0.5
-
-
-@pytest.mark.parametrize("fn, status, phrase", [
-    (checks.reference_absorb_query, PASS, "matches"),
-    (lambda q, w: q @ w, PASS, "matches"),
-    (_transposed_uk, FAIL, "wrong axis of W_UK"),
-    (_summed_heads_uk, FAIL, "sum of all heads"),
-    (_rolled_heads_uk, FAIL, "W_UK of head"),
-    (_scaled_query, FAIL, "softmax scale belongs to the scores"),
-    (lambda q, w: q[..., :1], FAIL, "dimension 3 differs"),
-    (lambda q, w: checks.reference_absorb_query(q, w) + 1, FAIL, "Hint"),
-    (_not_done, NOT_ATTEMPTED, "absorb_query"),
-])
-def test_check_absorb_query(fn, status, phrase, capsys):
-    result = checks.check_absorb_query(fn)
-    assert result.status == status, result.message
-    assert phrase in result.message
-    assert capsys.readouterr().out.strip() == result.line()
-
-
-# ---------------------------------------------------------------- 04.2
 def _w_uv_first(q_lat, q_rope, latent, w_uv, scale):
     """Right but slow: expands the values of every head and cached token before the weighted sum."""
     d_c, T, S = q_lat.shape[-1], q_lat.shape[-2], latent.shape[-2]
@@ -127,10 +92,74 @@ def test_reference_absorbed_attention_is_the_library_path():
         q_nope, q_rope = layer.query(x, pos)
         latent = layer.latent(x, pos)
         w_uk, w_uv = layer.up_weights()
-        ours = checks.reference_absorbed_attention(checks.reference_absorb_query(q_nope, w_uk), q_rope, latent,
-                                                   w_uv, layer.scale)
+        q_latent = torch.einsum("bhtn,hnc->bhtc", q_nope, w_uk)  # (B, n_h, T, d_c)
+        ours = checks.reference_absorbed_attention(q_latent, q_rope, latent, w_uv, layer.scale)
         torch.testing.assert_close(ours, layer.attend_absorbed(q_nope, q_rope, latent))
         torch.testing.assert_close(ours, layer.attend_naive(q_nope, q_rope, latent))
+
+
+# ---------------------------------------------------------------- 04.2
+def _heads_interleaved(w_uv, w_o):
+    n_h, d_v, _ = w_uv.shape
+    return torch.einsum("dvh,hvc->hdc", w_o.view(w_o.shape[0], d_v, n_h), w_uv)
+
+
+def _row_blocks(w_uv, w_o):
+    n_h, d_v, _ = w_uv.shape
+    if w_o.shape[0] != w_o.shape[1]:  # the mistake only runs where W_O is square
+        return checks.reference_merge_output(w_uv, w_o)
+    return torch.einsum("hvd,hvc->hdc", w_o.view(n_h, d_v, w_o.shape[0]), w_uv)
+
+
+def _w_uv_transposed_merge(w_uv, w_o):
+    n_h, d_v, d_c = w_uv.shape
+    if d_v != d_c:
+        return checks.reference_merge_output(w_uv, w_o)
+    return torch.einsum("dhv,hcv->hdc", w_o.view(w_o.shape[0], n_h, d_v), w_uv)
+
+
+def _summed_heads_merge(w_uv, w_o):
+    n_h, d_v, _ = w_uv.shape
+    return torch.einsum("dhv,gvc->hdc", w_o.view(w_o.shape[0], n_h, d_v), w_uv)
+
+
+def _loop_over_heads(w_uv, w_o):
+    n_h, d_v, _ = w_uv.shape
+    return torch.stack([w_o[:, h * d_v:(h + 1) * d_v] @ w_uv[h] for h in range(n_h)])
+
+
+@pytest.mark.parametrize("fn, status, phrase", [
+    (checks.reference_merge_output, PASS, "matches"),
+    (_loop_over_heads, PASS, "matches"),
+    (lambda w_uv, w_o: checks.reference_merge_output(w_uv, w_o).transpose(1, 2), FAIL, "(n_h, d_c, d)"),
+    (_heads_interleaved, FAIL, "interleaved"),
+    (_row_blocks, FAIL, "blocks of rows"),
+    (_w_uv_transposed_merge, FAIL, "W_UV[h] is used transposed"),
+    (_summed_heads_merge, FAIL, "sum of all heads' W_UV"),
+    (lambda w_uv, w_o: checks.reference_merge_output(w_uv, w_o).sum(0), FAIL, "one matrix for all heads"),
+    (lambda w_uv, w_o: checks.reference_merge_output(w_uv, w_o)[:, :-1], FAIL, "dimension 1 differs"),
+    (lambda w_uv, w_o: 2 * checks.reference_merge_output(w_uv, w_o), FAIL, "Hint: einsum"),
+    (_not_done, NOT_ATTEMPTED, "merge_output"),
+])
+def test_check_merge_output(fn, status, phrase):
+    result = checks.check_merge_output(fn)
+    assert result.status == status, result.message
+    assert phrase in result.message
+
+
+def test_merged_output_gives_the_layer_output():
+    cfg = ModelConfig.from_preset("nano", n_routed_experts=0, num_nextn_predict_layers=0)
+    layer = MultiHeadLatentAttention(cfg).eval()
+    x, pos = torch.randn(2, 5, cfg.hidden_size), torch.arange(5)
+    with torch.no_grad():
+        q_nope, q_rope = layer.query(x, pos)
+        latent = layer.latent(x, pos)
+        w_uk, w_uv = layer.up_weights()
+        q_latent = torch.einsum("bhtn,hnc->bhtc", q_nope, w_uk)
+        eye = torch.eye(cfg.kv_lora_rank).expand(cfg.num_attention_heads, -1, -1)  # W_UV = I: the latent output
+        o_latent = checks.reference_absorbed_attention(q_latent, q_rope, latent, eye, layer.scale)
+        y = torch.einsum("bhtc,hdc->btd", o_latent, checks.reference_merge_output(w_uv, layer.o_proj.weight))
+        torch.testing.assert_close(y, layer(x, path="absorbed"))
 
 
 # ---------------------------------------------------------------- 04.3
@@ -202,8 +231,8 @@ def test_context_that_fits_agrees_with_the_dashboard():
 
 
 def test_lesson04_results_parse_and_name_their_exercise():
-    for check, ref, number in ((checks.check_absorb_query, checks.reference_absorb_query, "04.1"),
-                               (checks.check_absorbed_attention, checks.reference_absorbed_attention, "04.2"),
+    for check, ref, number in ((checks.check_absorbed_attention, checks.reference_absorbed_attention, "04.1"),
+                               (checks.check_merge_output, checks.reference_merge_output, "04.2"),
                                (checks.check_latent_cache_bytes, checks.reference_latent_cache_bytes, "04.3"),
                                (checks.check_context_that_fits, checks.reference_context_that_fits, "04.4")):
         assert check.__doc__.startswith(f"Exercise {number}:")

@@ -34,62 +34,7 @@ class _ShapeRecorder(TorchFunctionMode):
         return out
 
 
-def _same_up_to_scale(got: torch.Tensor, want: torch.Tensor) -> float | None:
-    """The factor r with got == r * want, if there is one (and it is not 1)."""
-    denom = (want * want).sum()
-    if denom == 0:
-        return None
-    r = float((got * want).sum() / denom)
-    if abs(r - 1) > 1e-3 and _close(got, r * want):
-        return r
-    return None
-
-
 # ---------------------------------------------------------------- 04.1
-def reference_absorb_query(q_nope: torch.Tensor, w_uk: torch.Tensor) -> torch.Tensor:
-    """q_latent = W_UK^T q_C per head: (B, n_h, T, d_nope) and (n_h, d_nope, d_c) -> (B, n_h, T, d_c)."""
-    return torch.einsum("bhtn,hnc->bhtc", q_nope, w_uk)
-
-
-def check_absorb_query(absorb_query: Callable) -> CheckResult:
-    """Exercise 04.1: absorb_query(q_nope, w_uk) -> q_latent (B, n_h, T, d_c), W_UK folded into the query."""
-
-    def body() -> str:
-        g = torch.Generator().manual_seed(41)
-        # (B, n_h, T, d_nope, d_c); the first case is square so a transposed W_UK still runs and can be named
-        shapes = [(1, 4, 2, 6, 6), (2, 3, 4, 5, 7), (1, 2, 1, 8, 4)]
-        for B, n_h, T, d_nope, d_c in shapes:
-            q = torch.randn(B, n_h, T, d_nope, generator=g)
-            w = torch.randn(n_h, d_nope, d_c, generator=g)
-            want = reference_absorb_query(q, w)
-            got = _expect_tensor(absorb_query(q.clone(), w.clone()), want.shape,
-                                 f"q_latent for q_nope {tuple(q.shape)} and w_uk {tuple(w.shape)}")
-            if _close(got, want):
-                continue
-            if d_nope == d_c and _close(got, torch.einsum("bhtn,hcn->bhtc", q, w)):
-                raise _Fail("you contracted q_C with the wrong axis of W_UK (a transpose). Hint: W_UK[h] has shape "
-                            "(d_nope, d_c) and maps a latent to a key, k = W_UK[h] c; the absorbed query is "
-                            "W_UK[h]^T q, i.e. sum over d_nope: einsum('bhtn,hnc->bhtc', q_nope, w_uk)")
-            if _close(got, torch.einsum("bhtn,gnc->bhtc", q, w)):
-                raise _Fail("every head used the sum of all heads' W_UK. Hint: head h absorbs only its own "
-                            "W_UK[h]: keep the head letter in both operands of the einsum")
-            others = [[j for j in range(n_h) if _close(got[:, h], q[:, h] @ w[j])] for h in range(n_h)]
-            if n_h > 1 and all(others) and any(h not in js for h, js in enumerate(others)):
-                h = next(h for h, js in enumerate(others) if h not in js)
-                raise _Fail(f"query head {h} was multiplied by W_UK of head {others[h][0]}. Hint: pair query head h "
-                            "with W_UK[h]; check which axis of q_nope holds the heads (dimension 1)")
-            r = _same_up_to_scale(got, want)
-            if r is not None:
-                raise _Fail(f"your q_latent is the right one times {r:.4g}. Hint: absorption is a pure change of "
-                            "basis; the softmax scale belongs to the scores, not to the absorbed query")
-            raise _Fail(f"values differ from W_UK^T q_C for q_nope {tuple(q.shape)} and w_uk {tuple(w.shape)}. "
-                        "Hint: q_latent[b, h, t, c] = sum over n of q_nope[b, h, t, n] * w_uk[h, n, c]")
-        return f"matches W_UK^T q_C on {len(shapes)} inputs"
-
-    return _run("04.1", "absorb_query", body)
-
-
-# ---------------------------------------------------------------- 04.2
 def reference_absorbed_attention(q_latent: torch.Tensor, q_rope: torch.Tensor, latent: torch.Tensor,
                                  w_uv: torch.Tensor, scale: float) -> torch.Tensor:
     """Attention over the cached latents as MQA, then W_UV: returns (B, n_h, T, d_v).
@@ -122,10 +67,10 @@ def _absorbed_variant(q_latent, q_rope, latent, w_uv, scale, *, rope=True, mask=
 
 
 def check_absorbed_attention(absorbed_attention: Callable) -> CheckResult:
-    """Exercise 04.2: absorbed_attention(q_latent, q_rope, latent, w_uv, scale) -> (B, n_h, T, d_v)."""
+    """Exercise 04.1: absorbed_attention(q_latent, q_rope, latent, w_uv, scale) -> (B, n_h, T, d_v)."""
 
     def body() -> str:
-        g = torch.Generator().manual_seed(42)
+        g = torch.Generator().manual_seed(41)
         # (B, n_h, T, S, d_c, d_rope, d_v): n_h, S and d_v differ from every other size in the first two cases,
         # so a per-head value tensor (n_h, S, d_v) can be recognised; the last case has d_v == d_c
         cases = [(2, 3, 1, 7, 10, 4, 6), (1, 3, 2, 7, 10, 4, 6), (1, 2, 3, 5, 8, 4, 8)]
@@ -186,7 +131,63 @@ def check_absorbed_attention(absorbed_attention: Callable) -> CheckResult:
                     "long context). Try: sum p c over the cache first, then apply W_UV once per head")
         return f"matches the reference on {len(cases)} inputs, without expanding the cache per head"
 
-    return _run("04.2", "absorbed_attention", body)
+    return _run("04.1", "absorbed_attention", body)
+
+
+# ---------------------------------------------------------------- 04.2
+def reference_merge_output(w_uv: torch.Tensor, w_o: torch.Tensor) -> torch.Tensor:
+    """W_UV merged into W_O: W_OV[h] = W_O[:, h d_v:(h+1) d_v] W_UV[h], (n_h, d, d_c).
+
+    w_uv (n_h, d_v, d_c); w_o (d, n_h d_v), ``o_proj.weight`` (an nn.Linear weight is (out, in)).
+    Then y = sum over h of W_OV[h] o_latent[h], o_latent = sum_s p_s c_s per head.
+    """
+    n_h, d_v, _ = w_uv.shape
+    w_o_heads = w_o.view(w_o.shape[0], n_h, d_v)  # (d, n_h, d_v): the columns of head h are its block
+    return torch.einsum("dhv,hvc->hdc", w_o_heads, w_uv)  # (n_h, d, d_c)
+
+
+def check_merge_output(merge_output: Callable) -> CheckResult:
+    """Exercise 04.2: merge_output(w_uv, w_o) -> (n_h, d, d_c), W_UV of each head merged into its block of W_O."""
+
+    def body() -> str:
+        g = torch.Generator().manual_seed(42)
+        # (n_h, d_v, d_c, d); the first case has d = n_h * d_v and d_v = d_c, so row/column and transpose
+        # mix-ups still run and can be named
+        shapes = [(4, 3, 3, 12), (2, 5, 7, 9), (3, 4, 6, 8)]
+        for n_h, d_v, d_c, d in shapes:
+            w_uv = torch.randn(n_h, d_v, d_c, generator=g)
+            w_o = torch.randn(d, n_h * d_v, generator=g)
+            want = reference_merge_output(w_uv, w_o)
+            got = merge_output(w_uv.clone(), w_o.clone())
+            if isinstance(got, torch.Tensor) and tuple(got.shape) == (n_h, d_c, d):
+                raise _Fail(f"your result has shape {tuple(got.shape)} = (n_h, d_c, d); expected (n_h, d, d_c). "
+                            "Hint: W_OV[h] maps a head's latent output (d_c) to the model width (d), like W_O[:, block] "
+                            "W_UV[h]: (d, d_v) @ (d_v, d_c)")
+            if isinstance(got, torch.Tensor) and tuple(got.shape) == (d, d_c):
+                raise _Fail(f"your result has shape {tuple(got.shape)} = (d, d_c): one matrix for all heads. Hint: "
+                            "each head keeps its own merged matrix, because each head has its own latent output "
+                            "o_latent[h]; return (n_h, d, d_c)")
+            got = _expect_tensor(got, want.shape, f"W_OV for w_uv {tuple(w_uv.shape)} and w_o {tuple(w_o.shape)}")
+            if _close(got, want):
+                continue
+            if _close(got, torch.einsum("dvh,hvc->hdc", w_o.view(d, d_v, n_h), w_uv)):
+                raise _Fail("the heads' blocks of W_O are taken interleaved (view(d, d_v, n_h)). Hint: o_proj's "
+                            "input is the heads side by side, head h in columns h*d_v ... (h+1)*d_v - 1: "
+                            "w_o.view(d, n_h, d_v)")
+            if d == n_h * d_v and _close(got, torch.einsum("hvd,hvc->hdc", w_o.view(n_h, d_v, d), w_uv)):
+                raise _Fail("you split W_O into blocks of rows. Hint: o_proj.weight has shape (d, n_h * d_v) "
+                            "(out, in): head h owns a block of COLUMNS, w_o[:, h*d_v:(h+1)*d_v]")
+            if d_v == d_c and _close(got, torch.einsum("dhv,hcv->hdc", w_o.view(d, n_h, d_v), w_uv)):
+                raise _Fail("W_UV[h] is used transposed. Hint: W_UV[h] has shape (d_v, d_c) and maps a latent to a "
+                            "value; W_OV[h] = W_O[:, block] @ W_UV[h]")
+            if _close(got, torch.einsum("dhv,gvc->hdc", w_o.view(d, n_h, d_v), w_uv)):
+                raise _Fail("each head's block of W_O was multiplied by the sum of all heads' W_UV. Hint: block h "
+                            "goes with W_UV[h] only: keep the head letter in both operands")
+            raise _Fail(f"values differ from W_O[:, block h] @ W_UV[h] for w_uv {tuple(w_uv.shape)} and w_o "
+                        f"{tuple(w_o.shape)}. Hint: einsum('dhv,hvc->hdc', w_o.view(d, n_h, d_v), w_uv)")
+        return f"matches W_O[:, block h] W_UV[h] on {len(shapes)} inputs"
+
+    return _run("04.2", "merge_output", body)
 
 
 # ---------------------------------------------------------------- 04.3
@@ -315,6 +316,6 @@ def check_context_that_fits(context_that_fits: Callable) -> CheckResult:
     return _run("04.4", "context_that_fits", body)
 
 
-__all__ = ["reference_absorb_query", "check_absorb_query", "reference_absorbed_attention", "check_absorbed_attention",
+__all__ = ["reference_absorbed_attention", "check_absorbed_attention", "reference_merge_output", "check_merge_output",
            "reference_latent_cache_bytes", "check_latent_cache_bytes", "reference_context_that_fits",
            "check_context_that_fits"]
