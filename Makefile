@@ -9,6 +9,8 @@ TORCH  ?= torch==2.13.0
 KERNEL := mlakit
 PORT   ?= 8888
 ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)  # Jupyter refuses root unless told (containers)
+# Busy-waiting OpenMP threads slow torch many times over when the 2 cores are shared; results are unchanged.
+export OMP_WAIT_POLICY ?= PASSIVE
 NBVAL_FLAGS := --nbval-lax --nbval-current-env --nbval-cell-timeout=300 --nbval-sanitize-with tests/nbval_sanitize.cfg
 
 .PHONY: help venv lab test test-unit test-notebooks lint notebooks exercises grade bench doctor clean

@@ -134,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default="nano", choices=list_presets())
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--out", required=True, help="checkpoint folder")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--digits", type=int, default=2, help="largest number of digits per operand")
     p.add_argument("--max-len", type=int, default=64, help="longest sequence the model serves")

@@ -4,6 +4,7 @@
   cache against context, measured against theory, the V2 "93.3%" headline.
 - :mod:`mlakit.viz.dashboard`: :func:`cache_dashboard`, the interactive version (ipywidgets).
 - :mod:`mlakit.viz.moe`: expert-load heatmaps, MaxVio curves, total vs active parameters.
+- :mod:`mlakit.viz.train`: :func:`plot_training`, loss curves and evaluations of a training run.
 """
 
 from .cache import (
@@ -16,7 +17,8 @@ from .cache import (
 )
 from .dashboard import CacheDashboard, cache_dashboard, parameter_count
 from .moe import plot_active_parameters, plot_expert_load, plot_max_violation
+from .train import plot_training
 
 __all__ = ["cache_table", "models_table", "plot_cache_vs_context", "measure_cache_bytes",
            "plot_measured_vs_theory", "plot_v2_headline", "cache_dashboard", "CacheDashboard",
-           "parameter_count", "plot_expert_load", "plot_max_violation", "plot_active_parameters"]
+           "parameter_count", "plot_expert_load", "plot_max_violation", "plot_active_parameters", "plot_training"]
