@@ -23,7 +23,7 @@ KERNEL = "mlakit"
 def run(path: Path) -> float:
     nb = nbformat.read(path, as_version=4)
     start = time.perf_counter()
-    client = NotebookClient(nb, timeout=CELL_TIMEOUT, kernel_name=KERNEL, extra_arguments=["--log-level=ERROR"],
+    client = NotebookClient(nb, timeout=CELL_TIMEOUT, kernel_name=KERNEL, extra_arguments=["--log-level=ERROR"], record_timing=False,
                             resources={"metadata": {"path": str(path.parent)}})
     client.execute()
     nbformat.write(nb, path)
