@@ -29,13 +29,7 @@ needs_transformers = pytest.mark.skipif(DeepseekV3MoE is None, reason="transform
 FP32 = dict(atol=1e-5, rtol=1e-5)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The tensors here are tiny: one thread avoids OpenMP hand-off costs that dominate on a busy CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def moe_config(**overrides) -> ModelConfig:

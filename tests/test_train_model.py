@@ -24,12 +24,7 @@ TINY = ModelConfig.from_preset("nano", vocab_size=TOK.vocab_size, hidden_size=32
                                max_position_embeddings=48)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _batches(seed=0):
