@@ -62,8 +62,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     config = ModelConfig.from_preset(args.preset, vocab_size=tok.vocab_size,
                                      max_position_embeddings=args.max_len)
     model = MiniDeepSeek(config)
-    n = model.num_parameters()
-    print(f"{args.preset}: {n['total']:,} parameters ({n['active']:,} active per token); "
+    print(f"{args.preset}: {model.num_parameters():,} parameters ({model.num_parameters(active=True):,} active per token); "
           f"{len(splits['train']):,} training problems of up to {args.digits} digits")
     batches = LMBatches(encode_problems(splits["train"], tok), args.batch_size, tok.pad_id, seed=args.seed)
     evaluate = lambda m: {"exact_match": exact_match(m, tok, splits["validation"][:200], task.verify)["exact_match"]}  # noqa: E731

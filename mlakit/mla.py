@@ -29,8 +29,10 @@ Two paths compute the same function:
   o_proj. Nothing per head is ever materialised per cached token: the right
   path for decode, where reading the cache is the cost.
 
-``path=None`` (the default) picks naive for a multi-token forward (prefill) and
-absorbed for a one-token step (decode).
+``mode="auto"`` (the default) picks naive for a multi-token forward (prefill) and
+absorbed for a one-token step (decode). The mode is set per layer
+(``MultiHeadLatentAttention(config, mode=...)``, or the ``mode`` attribute) and
+can be overridden per call (``layer(x, cache, mode="absorbed")``).
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ from .attention import PreallocatedCache, scaled_dot_product_attention
 from .config import ModelConfig
 from .layers import RMSNorm, RotaryEmbedding, softmax_scale
 
-PATHS = ("naive", "absorbed")
+MODES = ("naive", "absorbed", "auto")
 LATENT_NORM_EPS = 1e-6  # q_a_layernorm and kv_a_layernorm use 1e-6 whatever rms_norm_eps is (released configs)
 
 
@@ -85,14 +87,22 @@ class LatentCache(PreallocatedCache):
         return self.latent[layer, :, : self.lengths[layer], self.kv_lora_rank:]
 
 
+def check_mode(mode: str) -> str:
+    """Return ``mode`` if it names an MLA computation path, else raise naming the valid ones."""
+    if mode not in MODES:
+        raise ValueError(f"mode={mode!r} is invalid: use one of {', '.join(map(repr, MODES))}")
+    return mode
+
+
 class MultiHeadLatentAttention(nn.Module):
     """MLA with a latent cache and two computation paths (see the module docstring)."""
 
-    def __init__(self, config: ModelConfig, layer_idx: int = 0):
+    def __init__(self, config: ModelConfig, layer_idx: int = 0, mode: str = "auto"):
         super().__init__()
         if config.attn_type != "mla":
             raise ValueError(f"MultiHeadLatentAttention needs attn_type='mla', got {config.attn_type!r}")
         self.layer_idx = layer_idx
+        self.mode = check_mode(mode)
         self.n_heads = config.num_attention_heads
         self.d_nope, self.d_rope, self.d_v = config.qk_nope_head_dim, config.qk_rope_head_dim, config.v_head_dim
         self.d_c, self.q_lora_rank = config.kv_lora_rank, config.q_lora_rank
@@ -157,23 +167,22 @@ class MultiHeadLatentAttention(nn.Module):
         return self.dropout if self.training else 0.0
 
     def forward(self, x: torch.Tensor, cache: LatentCache | None = None, key_mask: torch.Tensor | None = None,
-                path: str | None = None) -> torch.Tensor:
+                mode: str | None = None) -> torch.Tensor:
         """x (B, T, d) -> (B, T, d). ``key_mask`` (B, S): True for real tokens over cached + new positions;
-        ``path``: "naive", "absorbed", or None (naive for several tokens, absorbed for one)."""
+        ``mode``: "naive", "absorbed" or "auto" (naive for several tokens, absorbed for one); None uses ``self.mode``."""
         B, T, _ = x.shape
-        if path is None:
-            path = "naive" if T > 1 else "absorbed"
-        if path not in PATHS:
-            raise ValueError(f"path={path!r} is invalid: use one of {', '.join(PATHS)} (or None to choose by length)")
+        mode = self.mode if mode is None else check_mode(mode)
+        if mode == "auto":
+            mode = "naive" if T > 1 else "absorbed"
         start = cache.lengths[self.layer_idx] if cache is not None else 0
         positions = torch.arange(start, start + T, device=x.device)  # (T,)
         q_nope, q_rope = self.query(x, positions)
         latent = self.latent(x, positions)  # (B, T, d_c + d_rope)
         if cache is not None:
             latent = cache.append(self.layer_idx, latent)  # (B, S, d_c + d_rope), S = start + T
-        attend = self.attend_naive if path == "naive" else self.attend_absorbed
+        attend = self.attend_naive if mode == "naive" else self.attend_absorbed
         out = attend(q_nope, q_rope, latent, key_mask)  # (B, n_h, T, d_v)
         return self.o_proj(out.transpose(1, 2).reshape(B, T, self.n_heads * self.d_v))
 
 
-__all__ = ["MultiHeadLatentAttention", "LatentCache", "PATHS"]
+__all__ = ["MultiHeadLatentAttention", "LatentCache", "MODES"]

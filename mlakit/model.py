@@ -34,7 +34,7 @@ from torch import nn
 from .attention import Attention, KVCache
 from .config import ModelConfig
 from .layers import RMSNorm, SwiGLU
-from .mla import LatentCache, MultiHeadLatentAttention
+from .mla import LatentCache, MultiHeadLatentAttention, check_mode
 from .moe import DeepSeekMoE, iter_moe_layers
 
 Cache = KVCache | LatentCache
@@ -161,9 +161,10 @@ class MiniDeepSeek(nn.Module):
         return LMOutput(logits, sum(losses.values()), losses, mtp_logits)
 
     # ------------------------------------------------------------- counting
-    def num_parameters(self, include_mtp: bool = False) -> dict[str, int]:
-        """{"total": ..., "active": ...}: parameters, and those a token uses (shared and k of E routed
-        experts, everything else in full, embedding and head included). Works on the meta device."""
+    def num_parameters(self, active: bool = False, include_mtp: bool = False) -> int:
+        """Parameters of the model; with ``active`` those one token uses: the shared experts and k of
+        the E routed experts of each MoE layer, everything else in full (embedding and head included).
+        The MTP modules are left out unless ``include_mtp``. Works on the meta device."""
         skip = {id(p) for p in self.mtp.parameters()} if not include_mtp else set()
         seen, total, inactive = set(), 0, 0.0
         for p in self.parameters():
@@ -171,10 +172,24 @@ class MiniDeepSeek(nn.Module):
                 continue
             seen.add(id(p))
             total += p.numel()
+        if not active:
+            return total
         for m in iter_moe_layers(self):
             if not include_mtp and any(m is mm for mm in iter_moe_layers(self.mtp)):
                 continue
             routed = sum(p.numel() for p in m.experts.parameters())
             k, E = self.config.num_experts_per_tok, self.config.n_routed_experts
             inactive += routed * (E - k) / E
-        return {"total": total, "active": round(total - inactive)}
+        return round(total - inactive)
+
+    # ------------------------------------------------------------ attention
+    def set_attention_mode(self, mode: str) -> MiniDeepSeek:
+        """Set every MLA layer (MTP blocks included) to ``mode``: "naive", "absorbed" or "auto"
+        (the default: naive for a prefill, absorbed for a one-token decode step). Returns the model."""
+        check_mode(mode)
+        if self.config.attn_type != "mla":
+            raise ValueError(f"set_attention_mode applies to MLA; this model has attn_type={self.config.attn_type!r}")
+        for m in self.modules():
+            if isinstance(m, MultiHeadLatentAttention):
+                m.mode = mode
+        return self

@@ -159,7 +159,7 @@ def test_merged_output_gives_the_layer_output():
         eye = torch.eye(cfg.kv_lora_rank).expand(cfg.num_attention_heads, -1, -1)  # W_UV = I: the latent output
         o_latent = checks.reference_absorbed_attention(q_latent, q_rope, latent, eye, layer.scale)
         y = torch.einsum("bhtc,hdc->btd", o_latent, checks.reference_merge_output(w_uv, layer.o_proj.weight))
-        torch.testing.assert_close(y, layer(x, path="absorbed"))
+        torch.testing.assert_close(y, layer(x, mode="absorbed"))
 
 
 # ---------------------------------------------------------------- 04.3

@@ -43,17 +43,16 @@ def test_ffn_active_reference_equals_the_model(preset):
     cfg = ModelConfig.from_preset(preset)
     with torch.device("meta"):
         model = MiniDeepSeek(cfg)
-    counts = model.num_parameters()
     mtp = {id(p) for p in model.mtp.parameters()}
     ffn_total = sum(p.numel() for name, p in model.named_parameters() if ".mlp." in name and id(p) not in mtp)
-    other = counts["total"] - ffn_total
-    assert other + checks.reference_ffn_active_parameters(cfg) == counts["active"]
+    other = model.num_parameters() - ffn_total
+    assert other + checks.reference_ffn_active_parameters(cfg) == model.num_parameters(active=True)
 
 
 def test_ffn_active_reference_of_a_dense_model():
     cfg = ModelConfig.from_preset("nano", n_routed_experts=0, first_k_dense_replace=0, num_nextn_predict_layers=0)
-    counts = MiniDeepSeek(cfg).num_parameters()
-    assert counts["active"] == counts["total"]
+    model = MiniDeepSeek(cfg)
+    assert model.num_parameters(active=True) == model.num_parameters()
     assert checks.reference_ffn_active_parameters(cfg) == cfg.num_hidden_layers * 3 * cfg.hidden_size * cfg.intermediate_size
 
 

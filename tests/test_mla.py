@@ -37,7 +37,7 @@ def test_naive_and_absorbed_paths_agree_on_prefill(name):
     cfg = CONFIGS[name]
     layer = _layer(cfg)
     x = torch.randn(3, 9, cfg.hidden_size)
-    torch.testing.assert_close(layer(x, path="absorbed"), layer(x, path="naive"), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(layer(x, mode="absorbed"), layer(x, mode="naive"), atol=1e-5, rtol=1e-4)
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))
@@ -45,11 +45,11 @@ def test_paths_agree_over_many_decode_steps_after_prefill(name):
     cfg = CONFIGS[name]
     layer = _layer(cfg, seed=1)
     x = torch.randn(2, 20, cfg.hidden_size)
-    full = layer(x, path="naive")  # no cache, all positions at once
+    full = layer(x, mode="naive")  # no cache, all positions at once
     for path in ("naive", "absorbed"):
         cache = LatentCache.for_config(cfg.replace(num_hidden_layers=1), batch_size=2, max_len=20)
         outs = [layer(x[:, :8], cache)]  # prefill: naive by default
-        outs += [layer(x[:, t:t + 1], cache, path=path) for t in range(8, 20)]
+        outs += [layer(x[:, t:t + 1], cache, mode=path) for t in range(8, 20)]
         torch.testing.assert_close(torch.cat(outs, 1), full, atol=1e-5, rtol=1e-4)
 
 
@@ -61,9 +61,9 @@ def test_paths_agree_for_any_lengths(batch, prefill, steps, q_lora, interleave):
     layer = _layer(cfg)
     x = torch.randn(batch, prefill + steps, cfg.hidden_size)
     cache = LatentCache.for_config(cfg, batch, prefill + steps)
-    outs = [layer(x[:, :prefill], cache, path="absorbed")]
+    outs = [layer(x[:, :prefill], cache, mode="absorbed")]
     outs += [layer(x[:, t:t + 1], cache) for t in range(prefill, prefill + steps)]
-    torch.testing.assert_close(torch.cat(outs, 1), layer(x, path="naive"), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(torch.cat(outs, 1), layer(x, mode="naive"), atol=1e-5, rtol=1e-4)
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))
@@ -77,8 +77,8 @@ def test_matches_transformers_deepseek_v3_attention(name):
     pos = torch.arange(11)[None].expand(2, -1)
     with torch.no_grad():
         ref, _ = theirs(x, position_embeddings=rotary(x, pos), attention_mask=causal_additive_mask(11))
-        torch.testing.assert_close(ours(x, path="naive"), ref, atol=1e-5, rtol=1e-4)
-        torch.testing.assert_close(ours(x, path="absorbed"), ref, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(ours(x, mode="naive"), ref, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(ours(x, mode="absorbed"), ref, atol=1e-5, rtol=1e-4)
 
 
 def test_parameter_names_and_row_layout_follow_transformers():
@@ -145,12 +145,52 @@ def test_cached_and_uncached_generation_agree_with_mla():
 
 def test_bad_inputs_are_refused():
     layer = MultiHeadLatentAttention(NANO)
-    with pytest.raises(ValueError, match="path='fast'"):
-        layer(torch.randn(1, 2, NANO.hidden_size), path="fast")
+    with pytest.raises(ValueError, match="mode='fast' is invalid: use one of 'naive', 'absorbed', 'auto'"):
+        layer(torch.randn(1, 2, NANO.hidden_size), mode="fast")
+    with pytest.raises(ValueError, match="mode='fast'"):
+        MultiHeadLatentAttention(NANO, mode="fast")
+    with pytest.raises(ValueError, match="attn_type='mha'"):
+        MiniDeepSeek(NANO.variant("mha")).set_attention_mode("naive")
     with pytest.raises(ValueError, match="attn_type='mla'"):
         MultiHeadLatentAttention(NANO.variant("mha"))
     with pytest.raises(ValueError, match="KVCache"):
         LatentCache.for_config(NANO.variant("mha"), 1)
+
+
+def _record_paths(layer, monkeypatch):
+    taken = []
+    for name in ("attend_naive", "attend_absorbed"):
+        original = getattr(layer, name)
+        monkeypatch.setattr(layer, name, lambda *a, _f=original, _n=name, **k: taken.append(_n[7:]) or _f(*a, **k))
+    return taken
+
+
+def test_auto_mode_takes_naive_for_prefill_and_absorbed_for_decode(monkeypatch):
+    layer = _layer(NANO)
+    taken = _record_paths(layer, monkeypatch)
+    cache = LatentCache.for_config(NANO, batch_size=1, max_len=8)
+    x = torch.randn(1, 6, NANO.hidden_size)
+    layer(x[:, :5], cache)
+    layer(x[:, 5:], cache)
+    assert taken == ["naive", "absorbed"]
+    layer.mode = "naive"  # the layer's default ...
+    layer(x[:, :1])
+    layer(x[:, :1], mode="absorbed")  # ... and a per-call override
+    assert taken[2:] == ["naive", "absorbed"]
+
+
+def test_set_attention_mode_reaches_every_mla_layer_and_keeps_outputs(monkeypatch):
+    torch.manual_seed(0)
+    model = MiniDeepSeek(NANO).eval()
+    ids = torch.randint(0, NANO.vocab_size, (2, 6))
+    reference = generate(model, ids, 8)
+    assert model.set_attention_mode("naive") is model
+    layers = [m for m in model.modules() if isinstance(m, MultiHeadLatentAttention)]
+    assert len(layers) == NANO.num_hidden_layers + NANO.num_nextn_predict_layers
+    assert all(m.mode == "naive" for m in layers)
+    taken = _record_paths(layers[0], monkeypatch)
+    assert torch.equal(generate(model, ids, 8), reference)
+    assert set(taken) == {"naive"}
 
 
 def test_gradients_flow_through_both_paths_equally():
@@ -159,7 +199,7 @@ def test_gradients_flow_through_both_paths_equally():
     grads = []
     for path in ("naive", "absorbed"):
         layer.zero_grad()
-        layer(x, path=path).square().sum().backward()
+        layer(x, mode=path).square().sum().backward()
         grads.append({n: p.grad.clone() for n, p in layer.named_parameters()})
     for n in grads[0]:
         torch.testing.assert_close(grads[0][n], grads[1][n], atol=1e-4, rtol=1e-4)

@@ -34,12 +34,13 @@ def _batches(seed=0):
 
 def test_deepseek_v3_and_v2_parameter_counts_on_the_meta_device():
     with torch.device("meta"):
-        v3 = MiniDeepSeek(ModelConfig.from_preset("deepseek-v3")).num_parameters()
-        v2 = MiniDeepSeek(ModelConfig.from_preset("deepseek-v2")).num_parameters()
-    assert v3["total"] == pytest.approx(671e9, rel=0.01)
-    assert v3["active"] == pytest.approx(37e9, rel=0.02)  # embedding and head counted as active
-    assert v2["total"] == pytest.approx(236e9, rel=0.01)
-    assert v2["active"] == pytest.approx(21e9, rel=0.02)
+        v3 = MiniDeepSeek(ModelConfig.from_preset("deepseek-v3"))
+        v2 = MiniDeepSeek(ModelConfig.from_preset("deepseek-v2"))
+    assert v3.num_parameters() == pytest.approx(671e9, rel=0.01)
+    assert v3.num_parameters(active=True) == pytest.approx(37e9, rel=0.02)  # embedding and head counted as active
+    assert v2.num_parameters() == pytest.approx(236e9, rel=0.01)
+    assert v2.num_parameters(active=True) == pytest.approx(21e9, rel=0.02)
+    assert v3.num_parameters(include_mtp=True) > v3.num_parameters()  # the MTP block is counted only when asked
 
 
 def test_forward_with_targets_returns_the_loss_in_parts():

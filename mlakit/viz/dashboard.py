@@ -94,7 +94,7 @@ def parameter_count(config: ModelConfig) -> tuple[int, int]:
     dense SwiGLU FFNs, and for MoE layers the routed and shared SwiGLU experts
     plus the router (a d x n_routed matrix); active counts the shared and
     ``num_experts_per_tok`` routed experts. The MTP modules are left out, as in
-    the papers' 671B. This is what ``MiniDeepSeek(config).num_parameters()``
+    the papers' 671B. This is what ``MiniDeepSeek(config).num_parameters(active=...)``
     returns, but instant: building DeepSeek-V3 even on the meta device takes
     seconds, too slow for a slider. Against the released checkpoints it is an
     approximation (DeepSeek-V3: 671.0B / 37.6B; V2: 235.7B / 21.4B; the papers
