@@ -50,7 +50,7 @@ def interleaved_best(steps: dict[str, Callable[[], object]], rounds: int, device
     once ``budget_s`` is spent, so the slowest rows of a table stay affordable.
     """
     times: dict[str, list[float]] = {name: [] for name in steps}
-    for name, step in steps.items():  # warm-up: allocator, caches, lazy initialisation
+    for step in steps.values():  # warm-up: allocator, caches, lazy initialisation
         step()
     sync(device)
     spent = 0.0

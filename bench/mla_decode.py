@@ -31,8 +31,8 @@ from __future__ import annotations
 import argparse
 
 import torch
-
 from benchutil import device_and_dtypes, interleaved_best, machine, transformers_config
+
 from mlakit import ModelConfig, kvcache, seed_everything
 from mlakit.attention import Attention, KVCache
 from mlakit.kvcache import format_table

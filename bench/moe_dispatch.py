@@ -30,8 +30,8 @@ from __future__ import annotations
 import argparse
 
 import torch
-
 from benchutil import device_and_dtypes, interleaved_best, machine, transformers_config
+
 from mlakit import ModelConfig, seed_everything
 from mlakit.kvcache import format_table
 from mlakit.moe import DeepSeekMoE, swiglu

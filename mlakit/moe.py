@@ -48,20 +48,22 @@ Dispatch strategies, equal in outputs and gradients (``dispatch=``):
 
 - ``"loop"``: the readable reference: for each expert gather its tokens, run
   it, scatter the weighted result back;
-- ``"sorted"``: sort the (token, k) slots by expert with a stable argsort, run
-  each expert on one contiguous segment (:func:`grouped_swiglu`, the one place
-  a grouped GEMM plugs in), weight, un-permute to (T, k, H) and sum over k: no
-  atomics and no index_add, so results are bitwise reproducible;
+- ``"sorted"`` (the default): sort the (token, k) slots by expert with a
+  stable argsort, run each expert on its contiguous segment and combine with
+  one fused weighted gather-sum (:class:`GroupedSwiGLU`, forward and backward
+  written out, the one place a grouped GEMM plugs in): no atomics, so results
+  are bitwise reproducible;
 - ``"triton"``: reserved for a Triton grouped GEMM; not available yet (a
   kernel registers itself in ``DISPATCH_FUNCTIONS``).
 
-``torch.nn.functional.grouped_mm`` runs on CPU in torch 2.13 but is documented
-for bf16 on CUDA SM80+, needs 16-byte aligned strides (hidden and expert widths
-that are multiples of 4 in fp32) and its backward fails on zero-stride
-gradients, so :func:`grouped_swiglu` loops over the contiguous segments. On a
-CPU each segment is then still its own matmul and ``sorted`` costs as much as
-``loop`` plus a few full-size copies (bench/bench_moe.py); sorting pays off
-with one grouped GEMM launch on a GPU, and in determinism everywhere.
+On a CPU each segment is still its own matmul, so what separates the
+strategies is data movement: the sorted path reads each expert's tokens
+straight into its matmul, writes its results into one preallocated buffer and
+un-permutes, weights and sums them in one ``embedding_bag``, which puts it
+within about 1.2x of a dense SwiGLU over the same rows and ahead of the loop
+(bench/moe_dispatch.py). ``torch.nn.functional.grouped_mm`` runs on CPU in
+torch 2.13 but is documented for bf16 on CUDA SM80+, needs 16-byte aligned
+strides and its backward fails on zero-stride gradients, so it is not used.
 
 Balancing: :meth:`Router.update_bias` (aux-loss-free, b_i += gamma sign(mean
 load - load_i)), :func:`sequence_balance_loss` (V3's complementary loss),
@@ -257,35 +259,104 @@ def sort_by_expert(indices: torch.Tensor, num_experts: int) -> tuple[torch.Tenso
     return order, torch.bincount(flat, minlength=num_experts)
 
 
-def grouped_swiglu(experts: RoutedExperts, x_sorted: torch.Tensor, counts: torch.Tensor,
-                   row_weights: torch.Tensor) -> torch.Tensor:
-    """Each expert on its contiguous segment of rows, each row times its gate weight.
+class GroupedSwiGLU(torch.autograd.Function):
+    """Every expert on its contiguous segment of expert-sorted rows, then the gate-weighted combine.
 
-    x_sorted (S, H) grouped by expert, counts (E,), row_weights (S,) -> (S, H) float32.
-    This is the grouped GEMM of fused-MoE kernels (the routing weight applied
-    after the down projection) written as a loop over segments; a Triton
+    ``forward(x, weights, gate_up_proj, down_proj, order, sizes)``: x (T, H)
+    tokens, weights (T, k) gate weights, the stacked expert weights, ``order``
+    (T*k,) the slots sorted by expert and ``sizes`` (a list of E ints) the
+    segment lengths. Returns (T, H) = sum_j weights[t, j] * expert_{e(t, j)}(x[t]).
+
+    This is the grouped GEMM of fused-MoE kernels written with torch ops, with
+    the data movement kept to what the computation needs:
+
+    - each expert reads its tokens with one ``index_select`` straight into its
+      matmul (no full-size gathered copy of the batch);
+    - its down projection writes into its segment of one preallocated (T*k, H)
+      buffer (``out=``: no list of pieces, no ``cat``);
+    - un-permuting, weighting and summing the k rows of each token is ONE
+      ``embedding_bag`` (mode "sum" with per-sample weights), a fused
+      gather-and-reduce: each output row is the sum of its k rows in slot order,
+      with no atomics and no scatter, so results are bitwise reproducible.
+
+    The backward is written out the same way (per segment: the upstream rows of
+    its tokens, the SwiGLU derivative, the weight gradients as two matmuls, the
+    input gradient into a sorted buffer combined by ``embedding_bag``). It saves
+    the (T*k, 2I) gate/up activations and the (T*k, H) expert outputs. A Triton
     grouped GEMM replaces exactly this function.
     """
-    sizes = counts.tolist()
-    outs = []
-    for seg, w, (gate_up_w, down_w) in zip(x_sorted.split(sizes), row_weights.split(sizes), experts.per_expert(),
-                                           strict=True):  # segment e has counts[e] rows
-        if seg.shape[0]:
-            outs.append(swiglu(seg, gate_up_w, down_w).float() * w[:, None])  # (n_e, H)
-    return torch.cat(outs) if outs else x_sorted.new_zeros(x_sorted.shape, dtype=torch.float32)  # (S, H)
+
+    @staticmethod
+    def forward(ctx, x, weights, gate_up_proj, down_proj, order, sizes):
+        T, k = weights.shape
+        token_of = order // k  # (T*k,): the token of each sorted row
+        positions = torch.empty_like(order)
+        positions[order] = torch.arange(order.numel(), device=order.device)
+        positions = positions.view(T, k)  # sorted row of slot (t, j)
+        gate_up = x.new_empty(order.numel(), gate_up_proj.shape[1])  # (T*k, 2I)
+        y = x.new_empty(order.numel(), x.shape[1])  # (T*k, H) expert outputs, expert order
+        for e, (a, b) in _segments(sizes):
+            torch.mm(x.index_select(0, token_of[a:b]), gate_up_proj[e].t(), out=gate_up[a:b])
+            gate, up = gate_up[a:b].chunk(2, dim=-1)  # (n_e, I) each
+            torch.mm(F.silu(gate) * up, down_proj[e].t(), out=y[a:b])
+        out = F.embedding_bag(positions, y, mode="sum", per_sample_weights=weights.to(y.dtype))  # (T, H)
+        ctx.save_for_backward(x, weights, gate_up_proj, down_proj, order, positions, gate_up, y)
+        ctx.sizes = sizes
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, weights, gate_up_proj, down_proj, order, positions, gate_up, y = ctx.saved_tensors
+        need_x, need_w, need_gu, need_down = ctx.needs_input_grad[:4]
+        T, k = weights.shape
+        token_of = order // k
+        w_sorted = weights.reshape(-1)[order].to(y.dtype)[:, None]  # (T*k, 1)
+        grad_out = grad_out.contiguous()
+        grad_x_sorted = torch.empty_like(y) if need_x else None  # (T*k, H), combined like the forward
+        grad_w_sorted = torch.empty(order.numel(), dtype=weights.dtype, device=weights.device) if need_w else None
+        grad_gu = torch.zeros_like(gate_up_proj) if need_gu else None  # experts without tokens get zeros
+        grad_down = torch.zeros_like(down_proj) if need_down else None
+        for e, (a, b) in _segments(ctx.sizes):
+            g_rows = grad_out.index_select(0, token_of[a:b])  # (n_e, H): upstream gradient of each row's token
+            if need_w:
+                grad_w_sorted[a:b] = torch.linalg.vecdot(g_rows, y[a:b]).to(weights.dtype)  # d out / d g = y
+            gate, up = gate_up[a:b].chunk(2, dim=-1)
+            sig = torch.sigmoid(gate)
+            silu = gate * sig
+            w = w_sorted[a:b]
+            if need_down:
+                grad_down[e] = g_rows.t() @ (silu * up * w)  # (H, I)
+            grad_h = (g_rows @ down_proj[e]) * w  # (n_e, I): gradient at the SwiGLU product
+            grad_gate_up = torch.cat([grad_h * up * sig * (1 + gate * (1 - sig)), grad_h * silu], dim=-1)  # (n_e, 2I)
+            if need_gu:
+                grad_gu[e] = grad_gate_up.t() @ x.index_select(0, token_of[a:b])  # (2I, H)
+            if need_x:
+                torch.mm(grad_gate_up, gate_up_proj[e], out=grad_x_sorted[a:b])
+        grad_x = F.embedding_bag(positions, grad_x_sorted, mode="sum") if need_x else None  # (T, H)
+        grad_w = None
+        if need_w:
+            grad_w = torch.empty_like(grad_w_sorted)
+            grad_w[order] = grad_w_sorted
+            grad_w = grad_w.view(T, k)
+        return grad_x, grad_w, grad_gu, grad_down, None, None
+
+
+def _segments(sizes: Sequence[int]):
+    """(expert, (start, end)) of each non-empty segment of the expert-sorted rows."""
+    start = 0
+    for e, n in enumerate(sizes):
+        if n:
+            yield e, (start, start + n)
+        start += n
 
 
 def dispatch_sorted(experts: RoutedExperts, x: torch.Tensor, weights: torch.Tensor,
                     indices: torch.Tensor) -> torch.Tensor:
-    """Sorted dispatch: permute slots by expert, run contiguous segments, weight, un-permute, sum over k."""
-    T, k = indices.shape
-    H = x.shape[-1]
+    """Sorted dispatch: slots sorted by expert, each expert on its segment, one fused weighted combine."""
+    if indices.numel() == 0:
+        return torch.zeros_like(x)
     order, counts = sort_by_expert(indices, experts.num_experts)  # (T*k,), (E,)
-    x_sorted = x[order // k]  # (T*k, H): slot t*k + j carries token t; gathered straight into expert order
-    y_sorted = grouped_swiglu(experts, x_sorted, counts, weights.reshape(-1)[order])  # (T*k, H) expert order
-    inverse = torch.empty_like(order)
-    inverse[order] = torch.arange(order.numel(), device=order.device)  # (T*k,) expert order -> slot order
-    return y_sorted[inverse].view(T, k, H).sum(dim=1).to(x.dtype)  # (T, k, H) -> (T, H)
+    return GroupedSwiGLU.apply(x, weights, experts.gate_up_proj, experts.down_proj, order, counts.tolist())
 
 
 DISPATCH_FUNCTIONS: dict[str, Callable[..., torch.Tensor]] = {"loop": dispatch_loop, "sorted": dispatch_sorted}
@@ -522,7 +593,7 @@ def iter_moe_layers(model: nn.Module) -> Iterable[DeepSeekMoE]:
 
 __all__ = [
     "Router", "RouterOutput", "RoutedExperts", "DeepSeekMoE", "swiglu", "dispatch_loop", "dispatch_sorted",
-    "sort_by_expert", "grouped_swiglu", "get_dispatch", "DISPATCH_FUNCTIONS", "sequence_balance_loss",
+    "sort_by_expert", "GroupedSwiGLU", "get_dispatch", "DISPATCH_FUNCTIONS", "sequence_balance_loss",
     "expert_balance_loss", "max_violation", "collect_counts", "LoadTracker", "to_per_expert_state_dict",
     "from_per_expert_state_dict", "iter_moe_layers", "V3_BIAS_UPDATE_SPEED",
     "V3_SEQ_BALANCE_ALPHA", "V2_EXPERT_BALANCE_ALPHA",
