@@ -75,6 +75,7 @@ from __future__ import annotations
 
 import math
 import re
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
@@ -287,14 +288,15 @@ class GroupedSwiGLU(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, weights, gate_up_proj, down_proj, order, sizes):
+    def forward(ctx, x, weights, gate_up_proj, down_proj, order, sizes, reuse_buffers=False):
         T, k = weights.shape
         token_of = order // k  # (T*k,): the token of each sorted row
         positions = torch.empty_like(order)
         positions[order] = torch.arange(order.numel(), device=order.device)
         positions = positions.view(T, k)  # sorted row of slot (t, j)
-        gate_up = x.new_empty(order.numel(), gate_up_proj.shape[1])  # (T*k, 2I)
-        y = x.new_empty(order.numel(), x.shape[1])  # (T*k, H) expert outputs, expert order
+        new = _workspace if reuse_buffers else (lambda name, shape, like: like.new_empty(shape))
+        gate_up = new("gate_up", (order.numel(), gate_up_proj.shape[1]), x)  # (T*k, 2I)
+        y = new("y", (order.numel(), x.shape[1]), x)  # (T*k, H) expert outputs, expert order
         for e, (a, b) in _segments(sizes):
             torch.mm(x.index_select(0, token_of[a:b]), gate_up_proj[e].t(), out=gate_up[a:b])
             gate, up = gate_up[a:b].chunk(2, dim=-1)  # (n_e, I) each
@@ -338,7 +340,27 @@ class GroupedSwiGLU(torch.autograd.Function):
             grad_w = torch.empty_like(grad_w_sorted)
             grad_w[order] = grad_w_sorted
             grad_w = grad_w.view(T, k)
-        return grad_x, grad_w, grad_gu, grad_down, None, None
+        return grad_x, grad_w, grad_gu, grad_down, None, None, None
+
+
+_WORKSPACES = threading.local()  # per thread: {name: tensor}, buffers reused by inference-mode forwards
+
+
+def _workspace(name: str, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+    """An uninitialised buffer of ``shape`` that the next call with this name may overwrite.
+
+    Only for forwards that keep nothing for a backward (no grad). A fresh buffer
+    of tens of MB costs more to fault in page by page than the data movement it
+    holds (the allocator returns large blocks to the OS on every free), so the
+    expert outputs of the sorted path live in one buffer per thread, shared by
+    all layers, grown when needed.
+    """
+    store = _WORKSPACES.__dict__
+    numel = math.prod(shape)
+    buf = store.get(name)
+    if buf is None or buf.numel() < numel or buf.dtype != like.dtype or buf.device != like.device:
+        buf = store[name] = like.new_empty(numel)
+    return buf[:numel].view(shape)
 
 
 def _segments(sizes: Sequence[int]):
@@ -356,7 +378,8 @@ def dispatch_sorted(experts: RoutedExperts, x: torch.Tensor, weights: torch.Tens
     if indices.numel() == 0:
         return torch.zeros_like(x)
     order, counts = sort_by_expert(indices, experts.num_experts)  # (T*k,), (E,)
-    return GroupedSwiGLU.apply(x, weights, experts.gate_up_proj, experts.down_proj, order, counts.tolist())
+    inference = not torch.is_grad_enabled()  # nothing is saved for a backward: reuse the big buffers
+    return GroupedSwiGLU.apply(x, weights, experts.gate_up_proj, experts.down_proj, order, counts.tolist(), inference)
 
 
 DISPATCH_FUNCTIONS: dict[str, Callable[..., torch.Tensor]] = {"loop": dispatch_loop, "sorted": dispatch_sorted}

@@ -239,6 +239,26 @@ def test_grouped_swiglu_backward_passes_gradcheck():
     assert grad_w.shape == (T, k)
 
 
+def test_inference_buffers_are_not_shared_with_training():
+    """No-grad forwards reuse one workspace; a training forward must keep its own saved tensors."""
+    moe = make_moe(moe_config())
+    x, other = torch.randn(40, 32), torch.randn(70, 32)
+    with torch.no_grad():
+        expected = moe(x, dispatch="sorted")
+    moe.zero_grad(set_to_none=True)
+    out = moe(x.clone().requires_grad_(), dispatch="sorted")
+    out.square().sum().backward()
+    reference = [p.grad.clone() for p in moe.parameters()]
+    moe.zero_grad(set_to_none=True)
+    out = moe(x, dispatch="sorted")
+    with torch.no_grad():
+        moe(other, dispatch="sorted")  # overwrites the inference workspace between forward and backward
+    out.square().sum().backward()
+    assert torch.equal(out.detach(), expected)
+    for g, ref in zip([p.grad for p in moe.parameters()], reference, strict=True):
+        assert torch.equal(g, ref)
+
+
 def test_sort_by_expert_groups_slots_stably():
     indices = torch.tensor([[2, 0], [0, 1], [2, 1]])  # slots 0..5 = (token, k) in row-major order
     order, counts = sort_by_expert(indices, num_experts=4)
