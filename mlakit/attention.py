@@ -148,6 +148,8 @@ def scaled_dot_product_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tens
     if fold:
         q = q.reshape(B, 1, H * T, q.shape[-1])  # (B, 1, H*T, d): row h*T + t is head h at position t
     scores = (q @ k.transpose(-2, -1)) * scale  # (B, H, T, S), or (B, 1, H*T, S) folded
+    if causal and T == 1 and key_mask is None:
+        causal = False  # one new query after its whole context: the causal mask hides nothing
     allowed = causal_mask(T, S, q.device) if causal else torch.ones(T, S, dtype=torch.bool, device=q.device)
     if key_mask is not None:
         itself = torch.arange(S, device=q.device) == torch.arange(S - T, S, device=q.device)[:, None]  # (T, S)

@@ -263,6 +263,13 @@ _DENSE = dict(n_routed_experts=0, n_shared_experts=0, num_experts_per_tok=1, n_g
 PRESETS: dict[str, dict[str, Any]] = {
     # The course's CPU model: every lesson trains it in minutes on 2 cores.
     "nano": dict(),
+    # A step up from nano (about 4x its parameters, twice its width, 16 experts): big enough for the
+    # context-length costs MLA removes to show next to per-token overhead (bench/generate.py).
+    "small": dict(
+        hidden_size=256, intermediate_size=512, max_position_embeddings=4096, num_attention_heads=8,
+        q_lora_rank=96, kv_lora_rank=64, qk_nope_head_dim=32, qk_rope_head_dim=16, v_head_dim=32,
+        moe_intermediate_size=64, n_routed_experts=16, n_group=4, topk_group=2,
+    ),
     # DeepSeek-V2 (236B total, 21B active).
     "deepseek-v2": dict(
         vocab_size=102400, hidden_size=5120, num_hidden_layers=60, intermediate_size=12288,

@@ -52,13 +52,16 @@ def sample_next(logits: torch.Tensor, temperature: float = 0.0, top_k: int | Non
 def generate(model: nn.Module, input_ids: torch.Tensor, max_new_tokens: int, use_cache: bool = True,
              temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
              attention_mask: torch.Tensor | None = None, eos_id: int | None = None, pad_id: int = 0,
-             generator: torch.Generator | None = None) -> torch.Tensor:
+             generator: torch.Generator | None = None, streamer=None) -> torch.Tensor:
     """Extend ``input_ids`` (B, T) by up to ``max_new_tokens`` tokens.
 
     Returns (B, T + n) with n <= max_new_tokens: generation stops early once every
     row has produced ``eos_id``; after its eos a row is filled with ``pad_id``.
     The model must take ``(ids, cache, attention_mask)`` and offer
-    ``new_cache(batch_size, max_len)``.
+    ``new_cache(batch_size, max_len)``. ``streamer``, as in transformers'
+    ``generate``, gets ``put(input_ids)`` first, then ``put(tokens)`` (B,) for
+    every new token as soon as it is chosen, then ``end()``: print text as it
+    comes, or time each token.
     """
     if max_new_tokens < 0:
         raise ValueError(f"max_new_tokens={max_new_tokens} is invalid: must be >= 0")
@@ -68,10 +71,14 @@ def generate(model: nn.Module, input_ids: torch.Tensor, max_new_tokens: int, use
     cache = model.new_cache(B, T + max_new_tokens) if use_cache else None
     finished = torch.zeros(B, 1, dtype=torch.bool, device=ids.device)
     step_input = ids
+    if streamer is not None:
+        streamer.put(input_ids)
     for _ in range(max_new_tokens):
         logits = model(step_input, cache, mask)[:, -1]  # (B, vocab): the last position predicts the next token
         nxt = sample_next(logits, temperature, top_k, top_p, generator)  # (B, 1)
         nxt = nxt.masked_fill(finished, pad_id)
+        if streamer is not None:
+            streamer.put(nxt[:, 0])
         ids = torch.cat([ids, nxt], dim=1)
         if mask is not None:
             mask = torch.cat([mask, torch.ones_like(nxt)], dim=1)
@@ -80,6 +87,8 @@ def generate(model: nn.Module, input_ids: torch.Tensor, max_new_tokens: int, use
             if bool(finished.all()):
                 break
         step_input = nxt if use_cache else ids  # with a cache only the new token goes in
+    if streamer is not None:
+        streamer.end()
     return ids
 
 

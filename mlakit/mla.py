@@ -155,13 +155,13 @@ class MultiHeadLatentAttention(nn.Module):
     def attend_absorbed(self, q_nope, q_rope, latent, key_mask=None):
         """Absorb W_UK into the query and W_UV after attention; attend over the latents as MQA. Returns (B, n_h, T, d_v)."""
         w_uk, w_uv = self.up_weights()
-        q_latent = torch.einsum("bhtn,hnc->bhtc", q_nope, w_uk)  # (B, n_h, T, d_c): q_C^T W_UK, per head
+        q_latent = q_nope @ w_uk  # (B, n_h, T, d_c): q_C^T W_UK per head, (B, n_h, T, d_nope) @ (n_h, d_nope, d_c)
         q = torch.cat([q_latent, q_rope], dim=-1)  # (B, n_h, T, d_c + d_rope)
         k = latent[:, None]  # (B, 1, S, d_c + d_rope): one "KV head" shared by every query head
         v = latent[:, None, :, : self.d_c]  # (B, 1, S, d_c): the latent itself is the value
         o_latent = scaled_dot_product_attention(q, k, v, self.scale, causal=True, dropout_p=self._dropout_p(),
                                                 key_mask=key_mask)  # (B, n_h, T, d_c)
-        return torch.einsum("bhtc,hvc->bhtv", o_latent, w_uv)  # (B, n_h, T, d_v): W_UV applied after the sum
+        return o_latent @ w_uv.transpose(-2, -1)  # (B, n_h, T, d_v): W_UV applied after the sum, per head
 
     def _dropout_p(self) -> float:
         return self.dropout if self.training else 0.0

@@ -24,7 +24,7 @@ def test_every_preset_is_valid_and_round_trips(name):
 
 
 def test_unknown_preset_lists_valid_names():
-    with pytest.raises(ValueError, match="valid presets: nano, deepseek-v2"):
+    with pytest.raises(ValueError, match="valid presets: nano, small, deepseek-v2"):
         ModelConfig.from_preset("deepseek-v4")
 
 

@@ -37,6 +37,36 @@ def test_generation_stops_at_eos_and_pads_finished_rows(model):
     assert out.shape[1] <= 15
 
 
+class RecordingStreamer:
+    def __init__(self):
+        self.calls = []
+
+    def put(self, tokens):
+        self.calls.append(tokens.clone())
+
+    def end(self):
+        self.calls.append("end")
+
+
+def test_streamer_gets_the_prompt_then_each_token_then_end(model):
+    prompt = torch.randint(3, 100, (2, 5))
+    streamer = RecordingStreamer()
+    out = generate(model, prompt, 4, streamer=streamer)
+    assert torch.equal(streamer.calls[0], prompt) and streamer.calls[-1] == "end"
+    assert torch.equal(torch.stack(streamer.calls[1:-1], dim=1), out[:, 5:])  # (B,) per step, in order
+
+
+def test_streamer_is_compatible_with_transformers_text_streamer(model, capsys):
+    transformers = pytest.importorskip("transformers")
+
+    class CharTokenizer:  # the two methods TextStreamer uses
+        def decode(self, ids, **kwargs):
+            return "".join(chr(97 + int(i) % 26) for i in ids)
+
+    out = generate(model, torch.randint(3, 100, (1, 3)), 5, streamer=transformers.TextStreamer(CharTokenizer()))
+    assert capsys.readouterr().out.strip() == CharTokenizer().decode(out[0])
+
+
 def test_sampling_filters():
     logits = torch.tensor([[4.0, 3.0, 2.0, 1.0, 0.0]])
     g = torch.Generator().manual_seed(0)
