@@ -11,6 +11,7 @@ PORT   ?= 8888
 ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)  # Jupyter refuses root unless told (containers)
 # Busy-waiting OpenMP threads slow torch many times over when the 2 cores are shared; results are unchanged.
 export OMP_WAIT_POLICY ?= PASSIVE
+BENCHES := bench/mla_decode.py bench/moe_dispatch.py bench/generate.py bench/kv_cache.py
 NBVAL_FLAGS := --nbval-lax --nbval-current-env --nbval-cell-timeout=300 --nbval-sanitize-with tests/nbval_sanitize.cfg
 
 .PHONY: help venv lab test test-unit test-notebooks lint notebooks exercises grade bench doctor clean
@@ -71,7 +72,7 @@ grade: $(STAMP)
 	$(BIN)/mlakit grade $(NB)
 
 bench: $(STAMP)
-	@for f in bench/bench_*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done
+	@for f in $(BENCHES); do echo "== $$f"; $(BIN)/python $$f || exit 1; done
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis build *.egg-info

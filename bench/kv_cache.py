@@ -1,6 +1,6 @@
 """Decode speed with and without the KV cache, for MHA / GQA / MQA, and our attention against torch's fused SDPA.
 
-    python bench/bench_kv_cache.py            (or: make bench)
+    python bench/kv_cache.py            (or: make bench)
 
 Every number in a table comes from the same run on the same machine; the ratio
 columns are what to read. Tokens per second are for greedy generation of
