@@ -5,6 +5,7 @@ Tables are printed with :func:`mlakit.kvcache.format_table`.
 
 from __future__ import annotations
 
+import os
 import platform
 import time
 from collections.abc import Callable
@@ -33,6 +34,9 @@ def machine(device: str = "cpu") -> str:
         except (OSError, StopIteration):
             pass
         hw = f"{cpu}, {torch.get_num_threads()} threads"
+        policy = os.environ.get("OMP_WAIT_POLICY")
+        if policy:
+            hw += f" (OMP_WAIT_POLICY={policy})"
     return f"{hw}; torch {torch.__version__}, Python {platform.python_version()}"
 
 
