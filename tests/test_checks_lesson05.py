@@ -19,6 +19,7 @@ def _not_done(*args, **kwargs):
 # ------------------------------------------------- references against the library
 @pytest.mark.parametrize("n_group, topk_group", [(1, 1), (4, 2), (8, 4)])
 def test_gate_and_mask_references_equal_the_router(n_group, topk_group):
+    torch.manual_seed(n_group)
     E, k, T = 32, 4, 9
     cfg = ModelConfig(hidden_size=E, n_routed_experts=E, num_experts_per_tok=k, n_group=n_group, topk_group=topk_group,
                       routed_scaling_factor=2.5, norm_topk_prob=True, scoring_func="sigmoid")
@@ -32,8 +33,9 @@ def test_gate_and_mask_references_equal_the_router(n_group, topk_group):
     biased = logits.sigmoid() + bias
     mask = checks.reference_group_limited_mask(biased, n_group, topk_group)
     assert mask.sum(-1).tolist() == [topk_group * E // n_group] * T
-    masked_logits = logits.masked_fill(~mask, float("-inf"))  # sigmoid(-inf) = 0: masked experts are never chosen
-    weights, indices = checks.reference_sigmoid_topk_gate(masked_logits, bias, k, 2.5)
+    # a masked expert must lose even with a positive bias: mask the selection score, not just the affinity
+    masked_bias = bias.expand(T, E).masked_fill(~mask, float("-inf"))
+    weights, indices = checks.reference_sigmoid_topk_gate(logits, masked_bias, k, 2.5)
     assert torch.equal(indices.sort(-1).values, out.indices.sort(-1).values)
     torch.testing.assert_close(weights.gather(-1, indices.argsort(-1)), out.weights.gather(-1, out.indices.argsort(-1)))
 
