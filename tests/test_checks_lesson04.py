@@ -84,15 +84,21 @@ def test_check_absorbed_attention(fn, status, phrase):
     assert phrase in result.message
 
 
-def test_reference_absorbed_attention_is_the_library_path():
+@torch.no_grad()
+def _absorbed_inputs():
+    """A nano MLA layer, an input x (2, 5, d) and what its absorbed path is built from."""
     cfg = ModelConfig.from_preset("nano", n_routed_experts=0, num_nextn_predict_layers=0)
     layer = MultiHeadLatentAttention(cfg).eval()
     x, pos = torch.randn(2, 5, cfg.hidden_size), torch.arange(5)
+    q_nope, q_rope = layer.query(x, pos)
+    w_uk, w_uv = layer.up_weights()
+    q_latent = torch.einsum("bhtn,hnc->bhtc", q_nope, w_uk)  # (B, n_h, T, d_c)
+    return layer, x, q_nope, q_rope, q_latent, layer.latent(x, pos), w_uv
+
+
+def test_reference_absorbed_attention_is_the_library_path():
+    layer, x, q_nope, q_rope, q_latent, latent, w_uv = _absorbed_inputs()
     with torch.no_grad():
-        q_nope, q_rope = layer.query(x, pos)
-        latent = layer.latent(x, pos)
-        w_uk, w_uv = layer.up_weights()
-        q_latent = torch.einsum("bhtn,hnc->bhtc", q_nope, w_uk)  # (B, n_h, T, d_c)
         ours = checks.reference_absorbed_attention(q_latent, q_rope, latent, w_uv, layer.scale)
         torch.testing.assert_close(ours, layer.attend_absorbed(q_nope, q_rope, latent))
         torch.testing.assert_close(ours, layer.attend_naive(q_nope, q_rope, latent))
@@ -148,15 +154,9 @@ def test_check_merge_output(fn, status, phrase):
 
 
 def test_merged_output_gives_the_layer_output():
-    cfg = ModelConfig.from_preset("nano", n_routed_experts=0, num_nextn_predict_layers=0)
-    layer = MultiHeadLatentAttention(cfg).eval()
-    x, pos = torch.randn(2, 5, cfg.hidden_size), torch.arange(5)
+    layer, x, _, q_rope, q_latent, latent, w_uv = _absorbed_inputs()
     with torch.no_grad():
-        q_nope, q_rope = layer.query(x, pos)
-        latent = layer.latent(x, pos)
-        w_uk, w_uv = layer.up_weights()
-        q_latent = torch.einsum("bhtn,hnc->bhtc", q_nope, w_uk)
-        eye = torch.eye(cfg.kv_lora_rank).expand(cfg.num_attention_heads, -1, -1)  # W_UV = I: the latent output
+        eye = torch.eye(layer.d_c).expand(layer.n_heads, -1, -1)  # W_UV = I: the latent output
         o_latent = checks.reference_absorbed_attention(q_latent, q_rope, latent, eye, layer.scale)
         y = torch.einsum("bhtc,hdc->btd", o_latent, checks.reference_merge_output(w_uv, layer.o_proj.weight))
         torch.testing.assert_close(y, layer(x, mode="absorbed"))
