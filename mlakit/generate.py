@@ -74,7 +74,7 @@ def generate(model: nn.Module, input_ids: torch.Tensor, max_new_tokens: int, use
     if streamer is not None:
         streamer.put(input_ids)
     for _ in range(max_new_tokens):
-        logits = model(step_input, cache, mask)[:, -1]  # (B, vocab): the last position predicts the next token
+        logits = model(step_input, cache, mask).logits[:, -1]  # (B, vocab): the last position predicts the next token
         nxt = sample_next(logits, temperature, top_k, top_p, generator)  # (B, 1)
         nxt = nxt.masked_fill(finished, pad_id)
         if streamer is not None:

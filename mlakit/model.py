@@ -16,11 +16,13 @@
   are shared with the main model. At inference the modules are dropped or used
   for speculative decoding (:mod:`mlakit.generate`).
 
-``model(ids)`` returns logits. ``model(ids, targets=..., loss_mask=...)``
-returns an :class:`LMOutput` with the loss split into its parts: ``main``
-(next-token cross-entropy), ``mtp`` (lambda/D times the sum of the MTP
-cross-entropies) and ``balance`` (V3's sequence-wise balance loss, alpha
-times its sum over the MoE layers).
+``model(ids)`` always returns one :class:`ModelOutput`: ``.logits``, and on
+request the final hidden states, the MTP logits and the routing decisions of
+every MoE layer, returned with the output rather than kept on the layers (a
+rollout or a reference-model forward in between cannot overwrite them). The
+model computes no loss: :mod:`mlakit.losses` holds them as functions
+(``lm_loss``, ``mtp_loss``, ``balance_loss``, ``token_logprobs``) and each
+training recipe composes them (:func:`mlakit.losses.pretrain_loss`).
 """
 
 from __future__ import annotations
@@ -28,14 +30,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .attention import Attention, KVCache
 from .config import ModelConfig
 from .layers import RMSNorm, SwiGLU
 from .mla import LatentCache, MultiHeadLatentAttention, check_mode
-from .moe import DeepSeekMoE, iter_moe_layers
+from .moe import DeepSeekMoE, RouterOutput, iter_moe_layers
 
 Cache = KVCache | LatentCache
 
@@ -54,9 +55,17 @@ class Block(nn.Module):
         else:
             self.mlp = SwiGLU(config.hidden_size, config.intermediate_size)
 
-    def forward(self, x: torch.Tensor, cache: Cache | None = None, key_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: Cache | None = None, key_mask: torch.Tensor | None = None,
+                return_routing: bool = False):
+        """x (B, T, d) -> (B, T, d); with ``return_routing`` the pair (output, RouterOutput or None for a dense FFN)."""
         x = x + self.self_attn(self.input_layernorm(x), cache, key_mask)
-        return x + self.mlp(self.post_attention_layernorm(x))
+        h = self.post_attention_layernorm(x)
+        routing = None
+        if isinstance(self.mlp, DeepSeekMoE):
+            y, routing = self.mlp(h, return_routing=True)
+        else:
+            y = self.mlp(h)
+        return (x + y, routing) if return_routing else x + y
 
 
 class MTPModule(nn.Module):
@@ -72,27 +81,21 @@ class MTPModule(nn.Module):
         self.shared_head_norm = RMSNorm(d, config.rms_norm_eps)
 
     def forward(self, h_prev: torch.Tensor, emb_next: torch.Tensor, cache: Cache | None = None,
-                key_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """h_prev (B, T, d) at positions i and Emb(t_{i+k}) (B, T, d) -> h (B, T, d) at depth k."""
+                key_mask: torch.Tensor | None = None, return_routing: bool = False):
+        """h_prev (B, T, d) at positions i and Emb(t_{i+k}) (B, T, d) -> h (B, T, d) at depth k
+        (with ``return_routing``, the pair (h, RouterOutput or None))."""
         h = self.eh_proj(torch.cat([self.enorm(emb_next), self.hnorm(h_prev)], dim=-1))  # (B, T, d)
-        return self.block(h, cache, key_mask)
+        return self.block(h, cache, key_mask, return_routing)
 
 
 @dataclass
-class LMOutput:
+class ModelOutput:
+    """What one forward of :class:`MiniDeepSeek` computed; the fields after ``logits`` only on request."""
+
     logits: torch.Tensor  # (B, T, vocab) next-token logits of the main model
-    loss: torch.Tensor  # main + mtp + balance
-    losses: dict[str, torch.Tensor] = field(default_factory=dict)  # the parts, each a scalar tensor
+    hidden_states: torch.Tensor | None = None  # (B, T, d) the last block's output, before the final norm
     mtp_logits: list[torch.Tensor] = field(default_factory=list)  # depth k: (B, T - k, vocab), predicting t_{i+k+1}
-
-
-def masked_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """Mean cross-entropy over the positions where mask is 1 (all positions when mask is None)."""
-    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), reduction="none")
-    if mask is None:
-        return loss.mean()
-    mask = mask.reshape(-1).float()
-    return (loss * mask).sum() / mask.sum().clamp_min(1.0)
+    routing: list[RouterOutput] = field(default_factory=list)  # one per MoE layer that ran, main blocks then MTP
 
 
 class MiniDeepSeek(nn.Module):
@@ -122,43 +125,45 @@ class MiniDeepSeek(nn.Module):
         return kind.for_config(config, batch_size, max_len, dtype=w.dtype, device=w.device)
 
     # ----------------------------------------------------------------- forward
-    def hidden_states(self, input_ids: torch.Tensor, cache: Cache | None = None,
-                      attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """The last block's output (B, T, d), before the final norm (what the MTP modules take)."""
+    def _trunk(self, input_ids: torch.Tensor, cache: Cache | None, attention_mask: torch.Tensor | None,
+               routing: list | None = None) -> torch.Tensor:
+        """Embedding and blocks: (B, T, d) before the final norm; appends each MoE layer's routing to ``routing``."""
         key_mask = attention_mask.bool() if attention_mask is not None else None
         x = self.embed_tokens(input_ids)  # (B, T, d)
         for layer in self.layers:
-            x = layer(x, cache, key_mask)
+            x, r = layer(x, cache, key_mask, return_routing=True)
+            if routing is not None and r is not None:
+                routing.append(r)
         return x
 
+    def hidden_states(self, input_ids: torch.Tensor, cache: Cache | None = None,
+                      attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The last block's output (B, T, d), before the final norm (what the MTP modules take)."""
+        return self._trunk(input_ids, cache, attention_mask)
+
     def forward(self, input_ids: torch.Tensor, cache: Cache | None = None, attention_mask: torch.Tensor | None = None,
-                targets: torch.Tensor | None = None, loss_mask: torch.Tensor | None = None):
-        """Logits (B, T, vocab) for input_ids (B, T); with ``targets`` an :class:`LMOutput`.
+                output_hidden_states: bool = False, output_mtp: bool = False,
+                output_routing: bool = False) -> ModelOutput:
+        """A :class:`ModelOutput` for input_ids (B, T): logits (B, T, vocab), and what is asked for.
 
         ``attention_mask`` (B, S), 1 for real tokens and 0 for padding, covers the
         cached positions and the new ones (S = cached + T); left-padded batches
-        use it so no token attends to padding. ``targets`` (B, T) are the next
-        tokens (targets[:, i] = t_{i+1}); ``loss_mask`` (B, T) selects the positions
-        that count (e.g. not the prompt, not padding).
+        use it so no token attends to padding. ``output_mtp`` runs the MTP
+        modules (teacher-forced: depth k at position i sees t_{i+k}; needs T > depth);
+        ``output_routing`` returns the router's decisions of every MoE layer.
         """
-        h = self.hidden_states(input_ids, cache, attention_mask)
+        routing: list[RouterOutput] | None = [] if output_routing else None
+        h = self._trunk(input_ids, cache, attention_mask, routing)
         logits = self.lm_head(self.norm(h))  # (B, T, vocab)
-        if targets is None:
-            return logits
-        losses = {"main": masked_cross_entropy(logits, targets, loss_mask)}
-        mtp_logits = []
-        if len(self.mtp) and input_ids.shape[1] > len(self.mtp):
-            depth_losses = []
+        out = ModelOutput(logits, h if output_hidden_states else None, routing=routing or [])
+        if output_mtp and len(self.mtp) and input_ids.shape[1] > len(self.mtp):
+            h_k = h
             for k, module in enumerate(self.mtp, start=1):
-                h = module(h[:, :-1], self.embed_tokens(input_ids[:, k:]))  # (B, T - k, d): position i sees t_{i+k}
-                logits_k = self.lm_head(module.shared_head_norm(h))  # predicts t_{i+k+1} = targets[:, i + k]
-                mask_k = loss_mask[:, k:] if loss_mask is not None else None
-                depth_losses.append(masked_cross_entropy(logits_k, targets[:, k:], mask_k))
-                mtp_logits.append(logits_k)
-            losses["mtp"] = self.config.mtp_loss_weight * torch.stack(depth_losses).mean()
-        if self.config.aux_loss_alpha > 0 and any(True for _ in iter_moe_layers(self)):
-            losses["balance"] = sum(m.balance_loss(self.config.aux_loss_alpha) for m in iter_moe_layers(self))
-        return LMOutput(logits, sum(losses.values()), losses, mtp_logits)
+                h_k, r = module(h_k[:, :-1], self.embed_tokens(input_ids[:, k:]), return_routing=True)  # (B, T - k, d)
+                out.mtp_logits.append(self.lm_head(module.shared_head_norm(h_k)))  # predicts t_{i+k+1}
+                if routing is not None and r is not None:
+                    out.routing.append(r)
+        return out
 
     # ------------------------------------------------------------- counting
     def num_parameters(self, active: bool = False, include_mtp: bool = False) -> int:

@@ -407,9 +407,11 @@ class DeepSeekMoE(nn.Module):
     Names follow transformers' DeepseekV3MoE: ``gate`` (the router),
     ``experts`` (stacked; see :func:`to_per_expert_state_dict`),
     ``shared_experts`` (one SwiGLU of width moe_intermediate_size * n_shared_experts,
-    None when n_shared_experts = 0). The last routing and sequence length are kept
-    in ``last_routing`` / ``last_seq_len`` so a trainer can add
-    :meth:`balance_loss` and call :meth:`update_bias`.
+    None when n_shared_experts = 0). The layer keeps no state between calls:
+    ``forward(x, return_routing=True)`` returns the routing decisions with the
+    output, and the caller passes them to :func:`mlakit.losses.balance_loss` and
+    :meth:`update_bias` (a rollout or a reference-model forward in between
+    cannot overwrite them).
     """
 
     def __init__(self, config: ModelConfig, dispatch: str = "sorted"):
@@ -420,36 +422,19 @@ class DeepSeekMoE(nn.Module):
         self.experts = RoutedExperts(config)
         shared = config.moe_intermediate_size * config.n_shared_experts
         self.shared_experts = SwiGLU(config.hidden_size, shared) if shared else None
-        self.last_routing: RouterOutput | None = None
-        self.last_seq_len: int | None = None
 
-    def forward(self, x: torch.Tensor, dispatch: str | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, dispatch: str | None = None, return_routing: bool = False):
+        """x (..., H) -> (..., H); with ``return_routing`` the pair (output, :class:`RouterOutput`)."""
         tokens = x.reshape(-1, x.shape[-1])  # (N, H), N = B*T
         routing = self.gate(tokens)
-        self.last_routing, self.last_seq_len = routing, (x.shape[-2] if x.dim() >= 2 else None)
         routed = self.experts(tokens, routing.weights, routing.indices, dispatch or self.dispatch)  # (N, H)
         out = routed.view(x.shape)
         if self.shared_experts is not None:
             out = out + self.shared_experts(x)
-        return out
+        return (out, routing) if return_routing else out
 
-    def balance_loss(self, alpha: float | None = None) -> torch.Tensor:
-        """V3's sequence-wise balance loss of the last forward (sequences = the input's second-to-last dim).
-
-        ``alpha`` defaults to ``config.aux_loss_alpha``; add the result to the training loss.
-        """
-        if self.last_routing is None:
-            raise RuntimeError("balance_loss needs a forward pass first")
-        r = self.last_routing
-        alpha = self.config.aux_loss_alpha if alpha is None else alpha
-        return sequence_balance_loss(r.scores, r.indices, alpha, self.last_seq_len)
-
-    def update_bias(self, gamma: float = V3_BIAS_UPDATE_SPEED, counts: torch.Tensor | None = None) -> None:
-        """:meth:`Router.update_bias` with ``counts`` (default: the loads of the last forward)."""
-        if counts is None:
-            if self.last_routing is None:
-                raise RuntimeError("update_bias needs counts or a forward pass first")
-            counts = self.last_routing.counts
+    def update_bias(self, counts: torch.Tensor, gamma: float = V3_BIAS_UPDATE_SPEED) -> None:
+        """:meth:`Router.update_bias` with the expert loads ``counts`` (E,) of a step."""
         self.gate.update_bias(counts, gamma)
 
 
@@ -509,14 +494,6 @@ def max_violation(counts: torch.Tensor) -> torch.Tensor:
     return torch.where(mean > 0, vio, torch.zeros_like(vio))
 
 
-def collect_counts(model: nn.Module) -> torch.Tensor:
-    """Expert loads of the last forward of every DeepSeekMoE layer in ``model``, stacked (L, E)."""
-    counts = [m.last_routing.counts for m in iter_moe_layers(model) if m.last_routing is not None]
-    if not counts:
-        raise ValueError("collect_counts found no DeepSeekMoE layer that has run a forward pass")
-    return torch.stack(counts)
-
-
 class LoadTracker:
     """Per-expert load per training step per MoE layer, for heatmaps and MaxVio curves.
 
@@ -538,10 +515,6 @@ class LoadTracker:
             raise ValueError(f"LoadTracker.record got shape {tuple(counts.shape)}, "
                              f"but earlier steps had {tuple(self._steps[0].shape)}")
         self._steps.append(counts)
-
-    def record_model(self, model: nn.Module) -> None:
-        """Record the loads of every DeepSeekMoE layer's last forward (see :func:`collect_counts`)."""
-        self.record(collect_counts(model))
 
     @property
     def history(self) -> torch.Tensor:
@@ -617,7 +590,7 @@ def iter_moe_layers(model: nn.Module) -> Iterable[DeepSeekMoE]:
 __all__ = [
     "Router", "RouterOutput", "RoutedExperts", "DeepSeekMoE", "swiglu", "dispatch_loop", "dispatch_sorted",
     "sort_by_expert", "GroupedSwiGLU", "get_dispatch", "DISPATCH_FUNCTIONS", "sequence_balance_loss",
-    "expert_balance_loss", "max_violation", "collect_counts", "LoadTracker", "to_per_expert_state_dict",
+    "expert_balance_loss", "max_violation", "LoadTracker", "to_per_expert_state_dict",
     "from_per_expert_state_dict", "iter_moe_layers", "V3_BIAS_UPDATE_SPEED",
     "V3_SEQ_BALANCE_ALPHA", "V2_EXPERT_BALANCE_ALPHA",
 ]

@@ -4,12 +4,13 @@ What a step does, in order:
 
 1. take the batch of this step from ``batch_fn(step)`` (a pure function of the
    step, so a resumed run sees exactly the batches an uninterrupted one would);
-2. forward with targets: the model returns its loss in parts (``main``, ``mtp``,
-   ``balance``); backpropagate their sum;
+2. ``loss_fn(model, batch)`` composes the loss from :mod:`mlakit.losses`
+   (default :func:`~mlakit.losses.pretrain_loss`: ``main``, ``mtp``, ``balance``);
+   backpropagate the sum of its parts;
 3. clip the gradient norm, set the learning rate of the schedule, AdamW step;
 4. auxiliary-loss-free balancing (V3 §2.1.2): every DeepSeekMoE layer moves its
    selection bias by ``bias_update_gamma`` towards balance, from this step's
-   loads (gamma 0 turns it off);
+   loads, which the forward returned with its output (gamma 0 turns it off);
 5. log the losses, the learning rate and the MoE loads (MaxVio); every
    ``eval_every`` steps run ``eval_fn(model)`` and log what it returns.
 
@@ -36,6 +37,7 @@ from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import nn
 
 from .config import ModelConfig
+from .losses import LossOutput, pretrain_loss
 from .moe import iter_moe_layers, max_violation
 from .utils import progress
 
@@ -94,8 +96,9 @@ class Trainer:
     """Trains ``model`` on ``batch_fn(step)`` batches; ``history`` is a list of dicts, one per step."""
 
     def __init__(self, model: nn.Module, cfg: TrainConfig, batch_fn: Callable[[int], Batch],
-                 eval_fn: Callable[[nn.Module], dict] | None = None):
-        self.model, self.cfg, self.batch_fn, self.eval_fn = model, cfg, batch_fn, eval_fn
+                 eval_fn: Callable[[nn.Module], dict] | None = None,
+                 loss_fn: Callable[[nn.Module, Batch], LossOutput] = pretrain_loss):
+        self.model, self.cfg, self.batch_fn, self.eval_fn, self.loss_fn = model, cfg, batch_fn, eval_fn, loss_fn
         self.optimizer = make_optimizer(model, cfg)
         self.step = 0
         self.history: list[dict] = []
@@ -107,7 +110,7 @@ class Trainer:
         model, cfg = self.model, self.cfg
         model.train()
         batch = self.batch_fn(self.step)
-        out = self._forward(batch["input_ids"], targets=batch["targets"], loss_mask=batch.get("loss_mask"))
+        out = self.loss_fn(self._forward, batch)
         self.optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -116,15 +119,16 @@ class Trainer:
             group["lr"] = lr
         self.optimizer.step()
         record = {"step": self.step, "lr": lr, "loss": out.loss.item(), "grad_norm": float(grad_norm)}
-        record.update({f"loss_{name}": value.item() for name, value in out.losses.items()})
-        moe = list(iter_moe_layers(model))
-        if moe:
-            counts = torch.stack([m.last_routing.counts for m in moe])  # (layers, E)
+        record.update({f"loss_{name}": value.item() for name, value in out.parts.items()})
+        routing = getattr(out.output, "routing", None) or []
+        if routing:
+            counts = torch.stack([r.counts for r in routing])  # (layers that ran, E)
             record["max_vio"] = float(max_violation(counts).mean())
             record["expert_load"] = counts.tolist()
             if cfg.bias_update_gamma > 0:
-                for m in moe:
-                    m.update_bias(cfg.bias_update_gamma)
+                # the forward lists its MoE layers in module order (main blocks, then the MTP blocks it ran)
+                for m, r in zip(iter_moe_layers(model), routing, strict=False):
+                    m.update_bias(r.counts, cfg.bias_update_gamma)
         self.step += 1
         self.history.append(record)
         return record

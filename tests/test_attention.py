@@ -75,9 +75,9 @@ def test_cached_decoding_equals_full_forward(kind, groups):
     cfg = DENSE.variant(kind, groups)
     model = MiniDeepSeek(cfg).eval()
     ids = torch.randint(0, cfg.vocab_size, (3, 12))
-    full = model(ids)
+    full = model(ids).logits
     cache = model.new_cache(3, 12)
-    parts = [model(ids[:, :5], cache)] + [model(ids[:, t:t + 1], cache) for t in range(5, 12)]
+    parts = [model(ids[:, :5], cache).logits] + [model(ids[:, t:t + 1], cache).logits for t in range(5, 12)]
     torch.testing.assert_close(torch.cat(parts, dim=1), full, atol=1e-5, rtol=1e-4)
     assert cache.length == 12
 
@@ -109,8 +109,9 @@ def test_cache_equivalence_for_any_length_and_batch(kind, batch, prefill, steps)
     model = MiniDeepSeek(cfg).eval()
     ids = torch.randint(0, cfg.vocab_size, (batch, prefill + steps))
     cache = model.new_cache(batch, prefill + steps)
-    out = [model(ids[:, :prefill], cache)] + [model(ids[:, t:t + 1], cache) for t in range(prefill, prefill + steps)]
-    torch.testing.assert_close(torch.cat(out, 1), model(ids), atol=1e-5, rtol=1e-4)
+    out = [model(ids[:, :prefill], cache).logits] + [model(ids[:, t:t + 1], cache).logits
+                                                   for t in range(prefill, prefill + steps)]
+    torch.testing.assert_close(torch.cat(out, 1), model(ids).logits, atol=1e-5, rtol=1e-4)
 
 
 @pytest.mark.parametrize("kind, groups", [("mha", None), ("gqa", 2), ("mqa", None)])

@@ -4,12 +4,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mlakit import ModelConfig
+from mlakit.losses import balance_loss
 from mlakit.moe import (
     DeepSeekMoE,
     GroupedSwiGLU,
     LoadTracker,
     Router,
-    collect_counts,
     expert_balance_loss,
     from_per_expert_state_dict,
     max_violation,
@@ -281,20 +281,22 @@ def test_shapes_dtypes_and_shared_experts():
     moe = make_moe(moe_config())
     assert moe.shared_experts.gate_proj.weight.shape == (32, 32)  # moe_intermediate_size * n_shared_experts
     x = torch.randn(2, 7, 32)
-    out = moe(x)
+    out, routing = moe(x, return_routing=True)
     assert out.shape == x.shape
-    routing = moe.last_routing
+    torch.testing.assert_close(moe(x), out)  # the plain call returns the output alone
     assert routing.weights.shape == routing.indices.shape == (14, 4)
     assert routing.scores.shape == (14, 16) and routing.counts.shape == (16,)
-    assert routing.counts.sum() == 14 * 4 and moe.last_seq_len == 7
+    assert routing.counts.sum() == 14 * 4
+    assert not hasattr(moe, "last_routing")  # routing is returned, never kept on the layer
     # without shared experts the layer is the routed sum alone
     bare = make_moe(moe_config(n_shared_experts=0))
     assert bare.shared_experts is None
     routing = bare.gate(x)
     torch.testing.assert_close(bare(x), bare.experts(x.view(14, 32), routing.weights, routing.indices).view(x.shape))
     # bf16 tokens: routing still in float32, output in bf16
-    assert moe.to(torch.bfloat16)(x.bfloat16()).dtype == torch.bfloat16
-    assert moe.last_routing.weights.dtype == torch.float32
+    out16, routing16 = moe.to(torch.bfloat16)(x.bfloat16(), return_routing=True)
+    assert out16.dtype == torch.bfloat16
+    assert routing16.weights.dtype == torch.float32
 
 
 # ------------------------------------------------------------------- router
@@ -415,17 +417,15 @@ def test_sequence_balance_loss_on_a_hand_computed_case():
 
 def test_balance_losses_agree_for_softmax_and_train_the_router():
     moe = make_moe(moe_config(scoring_func="softmax", norm_topk_prob=False), bias_std=0.0)
-    moe(torch.randn(2, 12, 32))
-    r = moe.last_routing
-    seq = moe.balance_loss(alpha=0.003)
+    _, r = moe(torch.randn(2, 12, 32), return_routing=True)
+    seq = balance_loss([r], alpha=0.003, batch_size=2)
     torch.testing.assert_close(seq, expert_balance_loss(r.scores, r.indices, alpha=0.003, seq_len=12))
     seq.backward()
     assert moe.gate.weight.grad.abs().sum() > 0
     sig = make_moe(moe_config())
-    sig(torch.randn(2, 12, 32))
-    r = sig.last_routing
+    _, r = sig(torch.randn(2, 12, 32), return_routing=True)
     assert sig.config.aux_loss_alpha == 1e-4
-    seq = sig.balance_loss()  # alpha from the config
+    seq = balance_loss([r], sig.config.aux_loss_alpha, batch_size=2)
     torch.testing.assert_close(seq, sequence_balance_loss(r.scores.view(2, 12, 16), r.indices.view(2, 12, 4), 1e-4))
     assert not torch.allclose(seq, expert_balance_loss(r.scores, r.indices, 1e-4, seq_len=12))
 
@@ -435,14 +435,12 @@ def test_load_tracker_records_steps_and_layers():
     model = torch.nn.Sequential(make_moe(cfg), make_moe(cfg, seed=1), make_moe(cfg, seed=2))
     tracker = LoadTracker()
     for _ in range(5):
-        model(torch.randn(2, 8, 32))
-        tracker.record_model(model)
+        x = torch.randn(2, 8, 32)
+        tracker.record([moe(x, return_routing=True)[1].counts for moe in model])
     assert len(tracker) == 5
     assert tracker.history.shape == (5, 3, 16)
     torch.testing.assert_close(tracker.history.sum(-1), torch.full((5, 3), 16.0 * 4))
     assert tracker.max_violation().shape == (5, 3)
-    assert torch.equal(collect_counts(model), torch.stack([m.last_routing.counts for m in model]))
     with pytest.raises(ValueError, match="earlier steps"):
         tracker.record(torch.ones(2, 16))
-    with pytest.raises(ValueError, match="no DeepSeekMoE"):
-        collect_counts(torch.nn.Linear(2, 2))
+

@@ -5,7 +5,8 @@ import torch
 
 from mlakit import ModelConfig
 from mlakit.data import AdditionTask, LMBatches, encode_problems, make_splits
-from mlakit.model import LMOutput, MiniDeepSeek
+from mlakit.losses import pretrain_loss
+from mlakit.model import MiniDeepSeek, ModelOutput
 from mlakit.moe import iter_moe_layers
 from mlakit.tokenizer import CharTokenizer
 from mlakit.train import (
@@ -43,23 +44,29 @@ def test_deepseek_v3_and_v2_parameter_counts_on_the_meta_device():
     assert v3.num_parameters(include_mtp=True) > v3.num_parameters()  # the MTP block is counted only when asked
 
 
-def test_forward_with_targets_returns_the_loss_in_parts():
+def test_pretrain_loss_composes_the_parts_from_one_model_output():
     torch.manual_seed(0)
     model = MiniDeepSeek(TINY)
     batch = _batches()[0](0)
-    out = model(batch["input_ids"], targets=batch["targets"], loss_mask=batch["loss_mask"])
-    assert isinstance(out, LMOutput)
-    assert set(out.losses) == {"main", "mtp", "balance"}
-    torch.testing.assert_close(out.loss, sum(out.losses.values()))
+    plain = model(batch["input_ids"])
+    assert isinstance(plain, ModelOutput) and plain.hidden_states is None
+    assert plain.mtp_logits == [] and plain.routing == []  # only on request
+    result = pretrain_loss(model, batch)
+    out, parts = result.output, result.parts
+    assert set(parts) == {"main", "mtp", "balance"}
+    torch.testing.assert_close(result.loss, sum(parts.values()))
+    torch.testing.assert_close(out.logits, plain.logits)
     T = batch["input_ids"].shape[1]
     assert out.mtp_logits[0].shape == (8, T - 1, TOK.vocab_size)
+    # one routing per MoE layer that ran: the main model's, then the MTP block's
+    assert len(out.routing) == len(list(iter_moe_layers(model)))
     # the MTP loss is lambda times the cross-entropy of predicting t_{i+2}
     ce = torch.nn.functional.cross_entropy(out.mtp_logits[0].reshape(-1, TOK.vocab_size), batch["targets"][:, 1:].reshape(-1),
                                            reduction="none")
     m = batch["loss_mask"][:, 1:].reshape(-1)
-    torch.testing.assert_close(out.losses["mtp"], TINY.mtp_loss_weight * (ce * m).sum() / m.sum())
+    torch.testing.assert_close(parts["mtp"], TINY.mtp_loss_weight * (ce * m).sum() / m.sum())
     dense = MiniDeepSeek(TINY.replace(n_routed_experts=0, num_nextn_predict_layers=0))
-    assert set(dense(batch["input_ids"], targets=batch["targets"]).losses) == {"main"}
+    assert set(pretrain_loss(dense, {"input_ids": batch["input_ids"], "targets": batch["targets"]}).parts) == {"main"}
 
 
 def test_lr_schedule_warms_up_then_decays_to_the_floor():

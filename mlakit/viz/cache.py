@@ -206,10 +206,10 @@ def measure_cache_bytes(config: ModelConfig, contexts=(16, 32, 64, 128), batch_s
         prompt_len = max(1, context - new_tokens)
         prompt = torch.randint(config.vocab_size, (batch_size, prompt_len), generator=gen)  # (B, T0)
         with torch.no_grad():
-            logits = model(prompt, cache)[:, -1]  # (B, vocab): prefill writes T0 positions
+            logits = model(prompt, cache).logits[:, -1]  # (B, vocab): prefill writes T0 positions
             while cache.length < context:
                 nxt = logits.argmax(-1, keepdim=True)  # (B, 1): greedy
-                logits = model(nxt, cache)[:, -1]  # decode writes one position per step
+                logits = model(nxt, cache).logits[:, -1]  # decode writes one position per step
         rows.append({
             "context": context,
             "attention": _attention_label(config),
