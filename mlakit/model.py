@@ -28,6 +28,7 @@ training recipe composes them (:func:`mlakit.losses.pretrain_loss`).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -186,6 +187,20 @@ class MiniDeepSeek(nn.Module):
             k, E = self.config.num_experts_per_tok, self.config.n_routed_experts
             inactive += routed * (E - k) / E
         return round(total - inactive)
+
+    # ------------------------------------------------------------ checkpoints
+    def save_pretrained(self, path) -> Path:
+        """Write this model in transformers' DeepseekV3 layout (see :mod:`mlakit.checkpoint`); returns the folder."""
+        from .checkpoint import save_pretrained
+
+        return save_pretrained(self, path)
+
+    @classmethod
+    def from_pretrained(cls, path) -> MiniDeepSeek:
+        """Load a model written by :meth:`save_pretrained` (or by transformers) bit for bit."""
+        from .checkpoint import from_pretrained
+
+        return from_pretrained(path)
 
     # ------------------------------------------------------------ attention
     def set_attention_mode(self, mode: str) -> MiniDeepSeek:
