@@ -37,7 +37,8 @@ from .attention import Attention, KVCache
 from .config import ModelConfig
 from .layers import RMSNorm, SwiGLU
 from .mla import LatentCache, MultiHeadLatentAttention, check_mode
-from .moe import DeepSeekMoE, RouterOutput, iter_moe_layers
+from .moe import DeepSeekMoE, RouterOutput
+from .params import count_parameters
 
 Cache = KVCache | LatentCache
 
@@ -170,23 +171,10 @@ class MiniDeepSeek(nn.Module):
     def num_parameters(self, active: bool = False, include_mtp: bool = False) -> int:
         """Parameters of the model; with ``active`` those one token uses: the shared experts and k of
         the E routed experts of each MoE layer, everything else in full (embedding and head included).
-        The MTP modules are left out unless ``include_mtp``. Works on the meta device."""
-        skip = {id(p) for p in self.mtp.parameters()} if not include_mtp else set()
-        seen, total, inactive = set(), 0, 0.0
-        for p in self.parameters():
-            if id(p) in skip or id(p) in seen:
-                continue
-            seen.add(id(p))
-            total += p.numel()
-        if not active:
-            return total
-        for m in iter_moe_layers(self):
-            if not include_mtp and any(m is mm for mm in iter_moe_layers(self.mtp)):
-                continue
-            routed = sum(p.numel() for p in m.experts.parameters())
-            k, E = self.config.num_experts_per_tok, self.config.n_routed_experts
-            inactive += routed * (E - k) / E
-        return round(total - inactive)
+        The MTP modules are left out unless ``include_mtp``; the balancing bias is a buffer, not a
+        parameter. Counted from the config by :func:`mlakit.params.count_parameters` (the one counter
+        of the course; its tests check it against this module's tensors), so it works on any device."""
+        return count_parameters(self.config, active=active, include_mtp=include_mtp)
 
     # ------------------------------------------------------------ checkpoints
     def save_pretrained(self, path) -> Path:

@@ -47,6 +47,7 @@ from ..kvcache import (
     elements_per_token_all_layers,
     ratio_to_mha,
 )
+from ..params import count_parameters
 from .cache import (
     GB,
     GPU_MEMORY_GB,
@@ -87,39 +88,11 @@ def dashboard_config(name: str) -> ModelConfig:
 
 
 def parameter_count(config: ModelConfig) -> tuple[int, int]:
-    """(total, active per token) parameters of ``config``, counted from its shapes without building a model.
-
-    Counts embedding, LM head (unless tied), RMSNorm weights, attention
-    projections as :mod:`mlakit.attention` and :mod:`mlakit.mla` build them,
-    dense SwiGLU FFNs, and for MoE layers the routed and shared SwiGLU experts
-    plus the router (a d x n_routed matrix); active counts the shared and
-    ``num_experts_per_tok`` routed experts. The MTP modules are left out, as in
-    the papers' 671B. This is what ``MiniDeepSeek(config).num_parameters(active=...)``
-    returns, but instant: building DeepSeek-V3 even on the meta device takes
-    seconds, too slow for a slider. Against the released checkpoints it is an
-    approximation (DeepSeek-V3: 671.0B / 37.6B; V2: 235.7B / 21.4B; the papers
-    quote 671B / 37B and 236B / 21B).
-    """
-    c = config
-    d, layers = c.hidden_size, c.num_hidden_layers
-    embed = c.vocab_size * d * (1 if c.tie_word_embeddings else 2)  # embedding + LM head
-    norms = (2 * layers + 1) * d  # two per block, one final
-    if c.attn_type == "mla":
-        n_h, qk = c.num_attention_heads, c.qk_head_dim
-        q = d * n_h * qk if c.q_lora_rank is None else d * c.q_lora_rank + c.q_lora_rank + c.q_lora_rank * n_h * qk
-        kv = d * (c.kv_lora_rank + c.qk_rope_head_dim) + c.kv_lora_rank \
-            + c.kv_lora_rank * n_h * (c.qk_nope_head_dim + c.v_head_dim)
-        attn = q + kv + n_h * c.v_head_dim * d
-    else:
-        attn = 2 * d * c.num_attention_heads * c.head_dim + 2 * d * c.num_key_value_heads * c.head_dim
-    dense_ffn = 3 * d * c.intermediate_size  # SwiGLU: gate, up, down
-    expert = 3 * d * c.moe_intermediate_size
-    moe_layers = max(layers - c.first_k_dense_replace, 0) if c.n_routed_experts else 0
-    router = d * c.n_routed_experts
-    trunk = embed + norms + layers * attn + (layers - moe_layers) * dense_ffn
-    total = trunk + moe_layers * ((c.n_routed_experts + c.n_shared_experts) * expert + router)
-    active = trunk + moe_layers * ((c.num_experts_per_tok + c.n_shared_experts) * expert + router)
-    return total, active
+    """(total, active per token) parameters of ``config``: :func:`mlakit.params.count_parameters`, the
+    course's one counter, instant for any size (MTP modules and the balancing bias left out).
+    Against the released checkpoints: DeepSeek-V3 671.0B / 37.6B, V2 235.7B / 21.4B (the papers
+    quote 671B / 37B and 236B / 21B)."""
+    return count_parameters(config), count_parameters(config, active=True)
 
 
 def longest_context(config: ModelConfig, dtype, batch_size: int, gpu_gb: float) -> dict:
