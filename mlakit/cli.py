@@ -24,7 +24,7 @@ def _cmd_cache(args: argparse.Namespace) -> int:
 
 
 def _cmd_exercises(args: argparse.Namespace) -> int:
-    from .exercises import build, drift
+    from .course.exercises import build, drift
 
     if args.action == "build":
         for path in build(args.solutions, args.exercises):
@@ -41,41 +41,36 @@ def _cmd_exercises(args: argparse.Namespace) -> int:
 
 
 def _cmd_grade(args: argparse.Namespace) -> int:
-    from .grade import main
+    from .course.grade import main
 
     return main(args.notebook, as_json=args.json, timeout=args.timeout)
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from .config import ModelConfig
-    from .data import AdditionTask, LMBatches, encode_problems, make_splits
-    from .model import MiniDeepSeek
+    from .params import count_parameters
+    from .recipes import addition_splits, pretrain
     from .tokenizer import CharTokenizer
-    from .train import TrainConfig, Trainer, exact_match
+    from .train import TrainConfig
     from .utils import seed_everything
 
     seed_everything(args.seed, threads=args.threads)
     tok = CharTokenizer()
-    task = AdditionTask(1, args.digits)
-    problems = task.all_problems() if args.digits <= 2 else list(task.generate(20000, seed=args.seed))
-    splits = make_splits(problems, seed=args.seed)
+    task, splits = addition_splits(args.digits, args.seed)
     config = ModelConfig.from_preset(args.preset, vocab_size=tok.vocab_size,
                                      max_position_embeddings=args.max_len)
-    model = MiniDeepSeek(config)
-    print(f"{args.preset}: {model.num_parameters():,} parameters ({model.num_parameters(active=True):,} active per token); "
-          f"{len(splits['train']):,} training problems of up to {args.digits} digits")
-    batches = LMBatches(encode_problems(splits["train"], tok), args.batch_size, tok.pad_id, seed=args.seed)
-    evaluate = lambda m: {"exact_match": exact_match(m, tok, splits["validation"][:200], task.verify)["exact_match"]}  # noqa: E731
+    print(f"{args.preset}: {count_parameters(config):,} parameters ({count_parameters(config, active=True):,} active "
+          f"per token); {len(splits['train']):,} training problems of up to {args.digits} digits")
     cfg = TrainConfig(steps=args.steps, lr=args.lr, warmup_steps=max(1, args.steps // 10),
                       eval_every=max(1, args.steps // 4), seed=args.seed)
-    trainer = Trainer(model, cfg, batches, evaluate)
-    trainer.train()
-    for e in trainer.evals:
+    run = pretrain(config, cfg, tok, batch_size=args.batch_size, seed=args.seed, task=task, splits=splits)
+    for e in run.trainer.evals:
         print(f"step {e['step']:>5}: validation exact match {e['exact_match']:.1%}")
-    out = trainer.save(args.out)
+    out = run.trainer.save(args.out)
     tok.save(out / "tokenizer.json")
-    trainer.write_csv(out / "metrics.csv")
-    print(f"checkpoint written to {out} (model.safetensors, optimizer.safetensors, config.json, tokenizer.json)")
+    run.trainer.write_csv(out / "metrics.csv")
+    written = ", ".join(sorted(p.name for p in out.iterdir() if p.is_file()))
+    print(f"checkpoint written to {out} ({written})")
     return 0
 
 

@@ -109,7 +109,8 @@ class Trainer:
     def train_step(self) -> dict:
         model, cfg = self.model, self.cfg
         model.train()
-        batch = self.batch_fn(self.step)
+        device = next(model.parameters()).device
+        batch = {name: t.to(device) for name, t in self.batch_fn(self.step).items()}  # batches follow the model
         out = self.loss_fn(self._forward, batch)
         self.optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
