@@ -12,13 +12,16 @@ ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)  # Jupyter refuses r
 # Busy-waiting OpenMP threads slow torch many times over when the 2 cores are shared; results are unchanged.
 export OMP_WAIT_POLICY ?= PASSIVE
 BENCHES := bench/mla_decode.py bench/moe_dispatch.py bench/generate.py bench/kv_cache.py
+# pytest-xdist workers for make test; --dist loadscope keeps each notebook on one worker (nbval needs it)
+JOBS   ?= 2
 NBVAL_FLAGS := --nbval-lax --nbval-current-env --nbval-cell-timeout=300 --nbval-sanitize-with tests/nbval_sanitize.cfg
 
-.PHONY: help venv lab test test-unit test-notebooks lint notebooks exercises grade bench doctor clean
+.PHONY: help venv lab test test-fast test-unit test-notebooks lint notebooks exercises grade bench doctor clean
 
 help:
 	@echo "make lab        open the course in JupyterLab (creates .venv on first use)"
-	@echo "make test       lint, unit tests and notebook validation"
+	@echo "make test       lint, unit tests and notebook validation (every lesson and solution, once)"
+	@echo "make test-fast  lint and unit tests, no notebook execution (the inner loop)"
 	@echo "make notebooks  re-execute notebooks/ and solutions/ in place, then rebuild exercises/ (authors)"
 	@echo "make exercises  regenerate exercises/ from solutions/"
 	@echo "make grade NB=exercises/01_attention_and_kv_cache.ipynb   grade a notebook"
@@ -29,7 +32,7 @@ $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "$(TORCH)" numpy
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -e ".[course,dev]"
 	$(BIN)/python -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "mlakit (.venv)" >/dev/null
 	@touch $(STAMP)
 
@@ -50,13 +53,17 @@ lint: $(STAMP)
 test-unit: $(STAMP)
 	$(BIN)/python -m pytest tests -q
 
+test-fast: $(STAMP)
+	$(BIN)/ruff check mlakit tests bench scripts
+	MLAKIT_PROGRESS=0 $(BIN)/python -m pytest -q -n $(JOBS) -m "not notebooks" tests
+
 test-notebooks: $(STAMP)
 	$(BIN)/python -m pytest -q $(NBVAL_FLAGS) notebooks solutions
 
 test: $(STAMP)
 	@start=$$(date +%s); \
 	$(BIN)/ruff check mlakit tests bench scripts && \
-	MLAKIT_PROGRESS=0 $(BIN)/python -m pytest -q tests $(NBVAL_FLAGS) notebooks solutions; \
+	MLAKIT_PROGRESS=0 $(BIN)/python -m pytest -q -n $(JOBS) --dist loadscope tests $(NBVAL_FLAGS) notebooks solutions; \
 	status=$$?; \
 	echo "make test: wall time $$(( $$(date +%s) - start )) s"; \
 	exit $$status

@@ -1,7 +1,15 @@
 """Environment check: is everything the course needs installed, and can Triton run here?
 
-Run ``mlakit doctor`` or ``python -m mlakit.doctor``. Exit status 0 when every
-required package imports, 1 otherwise; optional packages (Triton) never fail it.
+Run ``mlakit doctor`` or ``python -m mlakit.doctor``. Three groups of packages:
+
+- ``REQUIRED``: what the library imports (``pip install mlakit``);
+- ``COURSE``: what the notebooks, the dashboards and ``mlakit grade`` need
+  (``pip install mlakit[course]``, which ``make lab`` installs);
+- ``DEV``: the test and authoring tools (``pip install mlakit[dev]``, which ``make test``
+  installs), reported as "dev" and never a failure.
+
+Exit status 0 when every required and course package imports, 1 otherwise;
+optional packages (Triton) and dev tools never fail it.
 """
 
 from __future__ import annotations
@@ -12,7 +20,9 @@ import platform
 import sys
 from dataclasses import dataclass
 
-REQUIRED = ("mlakit", "torch", "numpy", "matplotlib", "ipywidgets", "jupyterlab", "nbval")
+REQUIRED = ("mlakit", "torch", "numpy", "safetensors", "tqdm")  # the library's imports
+COURSE = ("matplotlib", "ipywidgets", "jupyterlab", "nbclient", "nbformat")  # notebooks, dashboards, grader
+DEV = ("pytest", "nbval", "hypothesis", "ruff", "transformers")  # tests and authoring
 OPTIONAL = ("triton",)
 MIN_PYTHON = (3, 10)
 
@@ -41,7 +51,13 @@ def run_checks() -> tuple[list[Check], dict]:
                         "" if py_ok else f"needs Python >= {'.'.join(map(str, MIN_PYTHON))}"))
     for name in REQUIRED:
         v = _version(name)
-        checks.append(Check(name, v, "OK" if v else "FAIL", "" if v else "not installed: run `make lab` or `pip install -e .[dev]`"))
+        checks.append(Check(name, v, "OK" if v else "FAIL", "" if v else "not installed: run `make lab` or `pip install -e .`"))
+    for name in COURSE:
+        v = _version(name)
+        checks.append(Check(name, v, "OK" if v else "FAIL", "" if v else "not installed: run `make lab` or `pip install -e .[course]`"))
+    for name in DEV:
+        v = _version(name)
+        checks.append(Check(name, v, "OK" if v else "dev", "" if v else "for tests only: `make test` or `pip install -e .[dev]`"))
     for name in OPTIONAL:
         v = _version(name)
         checks.append(Check(name, v, "OK" if v else "optional", "" if v else "not installed; for the GPU kernels lesson: pip install -e .[gpu]"))

@@ -1,6 +1,15 @@
 import pytest
 import torch
 
+from mlakit.utils import seed_everything
+
+
+@pytest.fixture(autouse=True)
+def _seeded():
+    """Every test starts from the same random state (python, numpy, torch), whatever ran before it
+    and on whichever xdist worker it lands."""
+    seed_everything(0)
+
 
 @pytest.fixture(scope="module")
 def one_thread():
