@@ -90,21 +90,21 @@ class CharTokenizer:
         return "".join(self.itos[i] for i in ids if self.itos[i] not in specials)
 
     def encode_batch(self, texts: list[str], bos: bool = True, eos: bool = False,
-                     pad_left: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-        """Pad a batch to one length: (ids (B, T), attention mask (B, T) with 1 on real tokens).
+                     pad_left: bool = True, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+        """Pad a batch to one length: (ids (B, T), attention mask (B, T) with 1 on real tokens), on ``device``.
 
         Left padding (the default) lines up the last tokens, which is what
         batched generation needs: every row continues from its final column.
         """
         seqs = [self.encode(t, bos=bos, eos=eos) for t in texts]
         width = max(len(s) for s in seqs)
-        ids = torch.full((len(seqs), width), self.stoi["<pad>"], dtype=torch.long)
+        ids = torch.full((len(seqs), width), self.stoi["<pad>"], dtype=torch.long)  # built on the CPU, moved once
         mask = torch.zeros(len(seqs), width, dtype=torch.long)
         for row, s in enumerate(seqs):
             cols = slice(width - len(s), width) if pad_left else slice(0, len(s))
-            ids[row, cols] = torch.tensor(s, dtype=torch.long)
+            ids[row, cols] = torch.tensor(s, dtype=torch.long, device="cpu")
             mask[row, cols] = 1
-        return ids, mask
+        return ids.to(device), mask.to(device)
 
     def to_dict(self) -> dict:
         return {"type": "char", "alphabet": self.alphabet, "special_tokens": list(self.special_tokens)}

@@ -46,10 +46,10 @@ class LMBatches:
 
     def collate(self, chosen: list[tuple[list[int], int]]) -> dict[str, torch.Tensor]:
         width = max(len(ids) for ids, _ in chosen)
-        seqs = torch.full((len(chosen), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros(len(chosen), width - 1)
+        seqs = torch.full((len(chosen), width), self.pad_id, dtype=torch.long, device="cpu")
+        mask = torch.zeros(len(chosen), width - 1, device="cpu")
         for row, (ids, prompt_len) in enumerate(chosen):
-            seqs[row, : len(ids)] = torch.tensor(ids)
+            seqs[row, : len(ids)] = torch.tensor(ids, device="cpu")  # batches are built on the CPU; the Trainer moves them
             first = prompt_len - 1 if self.completion_only else 0  # target index of the first completion token
             mask[row, first: len(ids) - 1] = 1.0
         return {"input_ids": seqs[:, :-1], "targets": seqs[:, 1:], "loss_mask": mask}

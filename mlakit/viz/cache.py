@@ -204,7 +204,7 @@ def measure_cache_bytes(config: ModelConfig, contexts=(16, 32, 64, 128), batch_s
     for context in contexts:
         cache = model.new_cache(batch_size, max_len=context)
         prompt_len = max(1, context - new_tokens)
-        prompt = torch.randint(config.vocab_size, (batch_size, prompt_len), generator=gen)  # (B, T0)
+        prompt = torch.randint(config.vocab_size, (batch_size, prompt_len), generator=gen).to(model.embed_tokens.weight.device)  # (B, T0)
         with torch.no_grad():
             logits = model(prompt, cache).logits[:, -1]  # (B, vocab): prefill writes T0 positions
             while cache.length < context:
