@@ -14,18 +14,23 @@ What a step does, in order:
 5. log the losses, the learning rate and the MoE loads (MaxVio); every
    ``eval_every`` steps run ``eval_fn(model)`` and log what it returns.
 
-Checkpoints are a folder: ``model.safetensors`` (weights and buffers, the
-balancing biases included), ``optimizer.safetensors`` (AdamW moments),
-``config.json`` (the ModelConfig) and ``trainer.json`` (TrainConfig, step,
-metrics). No pickle anywhere: loading restores the model bit for bit, and
-resuming continues with exactly the losses of an uninterrupted run.
+Checkpoints are one folder in the layout of :mod:`mlakit.checkpoint`, which is
+transformers' DeepseekV3 layout (``config.json`` with the full ModelConfig
+under ``"mlakit_config"``, ``model.safetensors`` under transformers' names,
+the balancing biases and the MTP module, as layer ``num_hidden_layers + k``,
+included), so ``DeepseekV3ForCausalLM.from_pretrained`` reads a training
+checkpoint as it is. :meth:`Trainer.save` adds ``optimizer.safetensors``
+(AdamW's moments and step counts, ``state.{param index}.{name}``) and
+``trainer.json`` (TrainConfig, step, the optimizer's param groups, metrics and
+the torch random-number state). No pickle anywhere: loading restores the model
+bit for bit, and resuming continues with exactly the losses of an
+uninterrupted run (dropout included: the random state is restored).
 """
 
 from __future__ import annotations
 
 import csv
 import dataclasses
-import json
 import math
 import time
 from collections.abc import Callable
@@ -33,10 +38,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import nn
 
-from .config import ModelConfig
+from .checkpoint import (
+    from_pretrained,
+    load_into,
+    load_training_checkpoint,
+    save_pretrained,
+    save_training_checkpoint,
+)
 from .losses import LossOutput, pretrain_loss
 from .moe import iter_moe_layers, max_violation
 from .utils import progress
@@ -165,29 +175,13 @@ class Trainer:
     # ------------------------------------------------------------ persistence
     def save(self, folder: str | Path) -> Path:
         """Write a checkpoint folder (see the module docstring); returns its path."""
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        save_checkpoint(self.model, folder)
-        state = self.optimizer.state_dict()
-        tensors = {f"state.{i}.{k}": v for i, s in state["state"].items() for k, v in s.items()}
-        save_file(tensors, folder / "optimizer.safetensors")
-        groups = [{k: v for k, v in g.items() if k != "params"} | {"params": g["params"]} for g in state["param_groups"]]
-        meta = {"train_config": dataclasses.asdict(self.cfg), "step": self.step, "param_groups": groups,
-                "history": self.history, "evals": self.evals}
-        (folder / "trainer.json").write_text(json.dumps(meta))
-        return folder
+        meta = {"train_config": dataclasses.asdict(self.cfg), "step": self.step, "history": self.history,
+                "evals": self.evals}
+        return save_training_checkpoint(folder, self.model, self.optimizer, meta)
 
     def load(self, folder: str | Path) -> Trainer:
-        """Restore model, optimizer, step and metrics from a checkpoint written by :meth:`save`."""
-        folder = Path(folder)
-        load_checkpoint_into(self.model, folder)
-        meta = json.loads((folder / "trainer.json").read_text())
-        tensors = load_file(folder / "optimizer.safetensors")
-        state: dict = {}
-        for key, value in tensors.items():
-            _, idx, name = key.split(".", 2)
-            state.setdefault(int(idx), {})[name] = value
-        self.optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+        """Restore model, optimizer, step, metrics and random state from a checkpoint written by :meth:`save`."""
+        meta = load_training_checkpoint(folder, self.model, self.optimizer)
         self.step, self.history, self.evals = meta["step"], meta["history"], meta["evals"]
         return self
 
@@ -201,26 +195,19 @@ class Trainer:
             writer.writerows(rows)
 
 
-def save_checkpoint(model: nn.Module, folder: str | Path) -> None:
-    """model.safetensors and config.json of a MiniDeepSeek (shared tensors handled by safetensors)."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    save_model(model, str(folder / "model.safetensors"))
-    (folder / "config.json").write_text(model.config.to_json())
+def save_checkpoint(model: nn.Module, folder: str | Path) -> Path:
+    """config.json and model.safetensors of a MiniDeepSeek: :func:`mlakit.checkpoint.save_pretrained`."""
+    return save_pretrained(model, folder)
 
 
 def load_checkpoint_into(model: nn.Module, folder: str | Path) -> nn.Module:
-    """Load model.safetensors into ``model`` (strict: every name and shape must match)."""
-    missing, unexpected = load_model(model, str(Path(folder) / "model.safetensors"), strict=True)
-    return model
+    """Copy a checkpoint's weights into ``model`` in place (strict): :func:`mlakit.checkpoint.load_into`."""
+    return load_into(model, folder)
 
 
-def load_model_from_checkpoint(folder: str | Path) -> nn.Module:
-    """Build a MiniDeepSeek from config.json and load its weights."""
-    from .model import MiniDeepSeek
-
-    config = ModelConfig.from_dict(json.loads((Path(folder) / "config.json").read_text()))
-    return load_checkpoint_into(MiniDeepSeek(config), folder)
+def load_model_from_checkpoint(folder: str | Path, device: torch.device | str = "cpu") -> nn.Module:
+    """A MiniDeepSeek from a checkpoint folder, on ``device``: :func:`mlakit.checkpoint.from_pretrained`."""
+    return from_pretrained(folder, device=device)
 
 
 @torch.no_grad()
@@ -234,10 +221,12 @@ def exact_match(model: nn.Module, tokenizer, problems, verify, max_new_tokens: i
     from .generate import generate
 
     model.eval()
+    device = next(model.parameters()).device  # prompts go where the model is
     correct, samples = 0, []
     for start in range(0, len(problems), batch_size):
         chunk = problems[start:start + batch_size]
         ids, mask = tokenizer.encode_batch([p.prompt for p in chunk], bos=True)
+        ids, mask = ids.to(device), mask.to(device)
         out = generate(model, ids, max_new_tokens, attention_mask=mask, eos_id=tokenizer.eos_id,
                        pad_id=tokenizer.pad_id)
         for p, row in zip(chunk, out[:, ids.shape[1]:], strict=True):

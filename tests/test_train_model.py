@@ -1,4 +1,5 @@
 import csv
+import json
 
 import pytest
 import torch
@@ -99,29 +100,43 @@ def test_checkpoint_loads_back_bit_for_bit(tmp_path):
     back = load_model_from_checkpoint(tmp_path)
     assert back.config == model.config
     a, b = model.state_dict(), back.state_dict()
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert not list(tmp_path.glob("*.pt")) and not list(tmp_path.glob("*.pkl"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # the trained balancing biases too
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "model.safetensors"]  # no pickle
+    assert json.loads((tmp_path / "config.json").read_text())["model_type"] == "deepseek_v3"
 
 
-def test_resuming_gives_exactly_the_losses_of_an_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("dropout", [0.0, 0.2], ids=["no_dropout", "dropout"])
+def test_resuming_gives_exactly_the_losses_of_an_uninterrupted_run(dropout, tmp_path):
+    config = TINY.replace(attention_dropout=dropout)  # with dropout, the restored random state matters
     cfg = TrainConfig(steps=12, lr=3e-3, warmup_steps=2, eval_every=0)
     torch.manual_seed(0)
-    full = Trainer(MiniDeepSeek(TINY), cfg, _batches()[0])
+    full = Trainer(MiniDeepSeek(config), cfg, _batches()[0])
     full.train()
 
     torch.manual_seed(0)
-    first = Trainer(MiniDeepSeek(TINY), cfg, _batches()[0])
+    first = Trainer(MiniDeepSeek(config), cfg, _batches()[0])
     first.train(steps=6)
-    first.save(tmp_path / "ckpt")
+    folder = first.save(tmp_path / "ckpt")
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors", "optimizer.safetensors",
+                                                        "trainer.json"]
     torch.manual_seed(123)  # a different process state must not matter
-    second = Trainer(MiniDeepSeek(TINY), cfg, _batches()[0]).load(tmp_path / "ckpt")
+    second = Trainer(MiniDeepSeek(config), cfg, _batches()[0]).load(folder)
+    assert second.step == 6 and len(second.history) == 6
     second.train()
     assert [r["loss"] for r in second.history] == [r["loss"] for r in full.history]
     fa, fb = full.model.state_dict(), second.model.state_dict()
     assert all(torch.equal(fa[k], fb[k]) for k in fa)
+    oa, ob = full.optimizer.state_dict()["state"], second.optimizer.state_dict()["state"]
+    assert oa.keys() == ob.keys() and all(torch.equal(oa[i][k], ob[i][k]) for i in oa for k in oa[i])
     second.write_csv(tmp_path / "metrics.csv")
     rows = list(csv.DictReader(open(tmp_path / "metrics.csv")))
     assert len(rows) == 12 and "loss_main" in rows[0]
+
+
+def test_a_model_only_folder_is_not_a_training_checkpoint(tmp_path):
+    save_checkpoint(MiniDeepSeek(TINY), tmp_path)
+    with pytest.raises(FileNotFoundError, match="not a training checkpoint .no optimizer.safetensors or trainer.json"):
+        Trainer(MiniDeepSeek(TINY), TrainConfig(steps=1), _batches()[0]).load(tmp_path)
 
 
 def test_exact_match_uses_the_verifier():
