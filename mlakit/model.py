@@ -184,11 +184,11 @@ class MiniDeepSeek(nn.Module):
         return save_pretrained(self, path)
 
     @classmethod
-    def from_pretrained(cls, path) -> MiniDeepSeek:
-        """Load a model written by :meth:`save_pretrained` (or by transformers) bit for bit."""
+    def from_pretrained(cls, path, device: torch.device | str = "cpu") -> MiniDeepSeek:
+        """Load a model written by :meth:`save_pretrained` (or by transformers) bit for bit, onto ``device``."""
         from .checkpoint import from_pretrained
 
-        return from_pretrained(path)
+        return from_pretrained(path, device=device)
 
     # ------------------------------------------------------------ attention
     def set_attention_mode(self, mode: str) -> MiniDeepSeek:
