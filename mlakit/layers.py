@@ -1,5 +1,8 @@
 """Building blocks shared by every model: RMSNorm, rotary embedding, SwiGLU.
 
+RMSNorm runs through the kernel registry (:mod:`mlakit.kernels`), so a Triton
+kernel replaces its torch reference where one can run.
+
 Rotary embedding (RoFormer, arXiv 2104.09864) rotates pairs of dimensions by an
 angle proportional to the position, so the dot product of a rotated query and a
 rotated key depends only on their distance. Two conventions exist and both are
@@ -24,20 +27,26 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import kernels
+
 
 class RMSNorm(nn.Module):
-    """y = x / sqrt(mean(x^2) + eps) * weight, computed in float32 (Zhang & Sennrich 2019)."""
+    """y = x / sqrt(mean(x^2) + eps) * weight, computed in float32 (Zhang & Sennrich 2019).
 
-    def __init__(self, dim: int, eps: float = 1e-6):
+    The computation is the kernel op :func:`mlakit.kernels.rmsnorm`; ``backend``
+    ("torch", "triton" or "auto") picks its implementation, per module or per call.
+    """
+
+    kernel_ops = ("rmsnorm",)
+
+    def __init__(self, dim: int, eps: float = 1e-6, backend: str = "auto"):
         super().__init__()
         self.eps = eps
+        self.backend = kernels.check_backend(backend)
         self.weight = nn.Parameter(torch.ones(dim))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dtype = x.dtype
-        x = x.float()
-        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x.to(dtype)
+    def forward(self, x: torch.Tensor, backend: str | None = None) -> torch.Tensor:
+        return kernels.rmsnorm(x, self.weight, self.eps, backend or self.backend)
 
 
 class SwiGLU(nn.Module):

@@ -25,6 +25,27 @@ def test_rmsnorm_matches_its_formula():
     torch.testing.assert_close(norm(x), expected)
 
 
+@pytest.mark.parametrize("x_dtype, w_dtype", [(torch.float32, torch.float32), (torch.bfloat16, torch.float32),
+                                              (torch.bfloat16, torch.bfloat16), (torch.float16, torch.float16)])
+def test_rmsnorm_through_the_kernel_registry_is_bit_identical_to_the_inline_forward(x_dtype, w_dtype):
+    """The lessons' stored outputs depend on these exact numerics: x in float32, cast back, times the weight."""
+    torch.manual_seed(0)
+    norm = RMSNorm(24, eps=1e-6).to(w_dtype)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+    x = (torch.randn(3, 7, 24) * 2).to(x_dtype)
+    h = x.float()
+    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + 1e-6)
+    expected = norm.weight * h.to(x_dtype)  # RMSNorm.forward before the registry
+    for backend in (None, "auto", "torch"):
+        out = norm(x, backend=backend)
+        assert out.dtype == expected.dtype
+        assert torch.equal(out, expected)
+    assert norm.backend == "auto" and RMSNorm(4, backend="torch").backend == "torch"
+    with pytest.raises(ValueError, match="backend='gpu'"):
+        RMSNorm(4, backend="gpu")
+
+
 def test_swiglu_matches_its_formula():
     torch.manual_seed(0)
     mlp = SwiGLU(8, 12)

@@ -3,15 +3,20 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mlakit import ModelConfig
+from mlakit import ModelConfig, kernels
+from mlakit.kernels import registry
 from mlakit.losses import balance_loss
 from mlakit.moe import (
+    DISPATCH_FUNCTIONS,
     DeepSeekMoE,
     GroupedSwiGLU,
     LoadTracker,
     Router,
+    dispatch_loop,
+    dispatch_sorted,
     expert_balance_loss,
     from_per_expert_state_dict,
+    get_dispatch,
     max_violation,
     sequence_balance_loss,
     sort_by_expert,
@@ -266,15 +271,48 @@ def test_sort_by_expert_groups_slots_stably():
     assert counts.tolist() == [2, 2, 2, 0]
 
 
-def test_bad_dispatch_names_raise_clear_errors():
+def test_bad_dispatch_and_backend_names_raise_clear_errors():
     cfg = moe_config()
     with pytest.raises(ValueError, match="dispatch='fast'.*loop, sorted"):
         DeepSeekMoE(cfg, dispatch="fast")
-    with pytest.raises(NotImplementedError, match="Triton grouped GEMM.*not available yet"):
+    with pytest.raises(ValueError, match="dispatch='triton'.*backend='triton'"):  # the old planned name
         DeepSeekMoE(cfg, dispatch="triton")
+    with pytest.raises(ValueError, match="backend='cuda' is invalid"):
+        DeepSeekMoE(cfg, backend="cuda")
     moe = DeepSeekMoE(cfg)
     with pytest.raises(ValueError, match="dispatch='Loop'"):
         moe(torch.randn(3, 32), dispatch="Loop")
+    with pytest.raises(ValueError, match="dispatch='loop' is the torch reference"):
+        moe(torch.randn(3, 32), dispatch="loop", backend="triton")
+    if "triton" not in kernels.available("moe_experts", "cpu"):
+        with pytest.raises(kernels.BackendUnavailableError, match="backend='triton' for moe_experts"):
+            moe(torch.randn(3, 32), backend="triton")
+
+
+def test_dispatch_goes_through_the_kernel_registry(monkeypatch):
+    """The layer's routed experts are the registry's moe_experts op, per module and per call."""
+    moe = make_moe(moe_config())
+    x = torch.randn(10, 32)
+    calls = []
+    torch_kernel = kernels.get("moe_experts", "torch")
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs.get("dispatch"))
+        return torch_kernel(*args, **kwargs)
+
+    monkeypatch.setitem(registry._KERNELS["moe_experts"], "torch", spy)
+    expected = moe(x)
+    assert calls == ["sorted"]
+    moe.dispatch = "loop"
+    torch.testing.assert_close(moe(x), expected, **FP32)
+    assert calls == ["sorted", "loop"]
+    moe(x, dispatch="sorted", backend="torch")
+    assert calls[-1] == "sorted"
+    r = moe.gate(x)
+    torch.testing.assert_close(dispatch_loop(moe.experts, x, r.weights, r.indices),
+                               dispatch_sorted(moe.experts, x, r.weights, r.indices), **FP32)
+    assert calls[-2:] == ["loop", "sorted"]
+    assert set(DISPATCH_FUNCTIONS) == {"loop", "sorted"} and get_dispatch("loop") is dispatch_loop
 
 
 def test_shapes_dtypes_and_shared_experts():

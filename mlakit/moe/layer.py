@@ -19,9 +19,11 @@ import torch
 from torch import nn
 
 from ..config import ModelConfig
+from ..kernels.moe_experts import check_dispatch
+from ..kernels.registry import check_backend
 from ..layers import SwiGLU
 from .balance import V3_BIAS_UPDATE_SPEED
-from .experts import RoutedExperts, get_dispatch
+from .experts import RoutedExperts
 from .router import Router
 
 
@@ -36,22 +38,35 @@ class DeepSeekMoE(nn.Module):
     output, and the caller passes them to :func:`mlakit.losses.balance_loss` and
     :meth:`update_bias` (a rollout or a reference-model forward in between
     cannot overwrite them).
+
+    The routed experts run through the kernel op :func:`mlakit.kernels.moe_experts`:
+    ``dispatch`` ("loop" or "sorted") is the strategy of its torch backend,
+    ``backend`` ("torch", "triton" or "auto") the implementation; both are
+    attributes, set here or by :func:`mlakit.kernels.set_backend`, and
+    overridable per call.
     """
 
-    def __init__(self, config: ModelConfig, dispatch: str = "sorted"):
+    kernel_ops = ("moe_experts",)
+
+    def __init__(self, config: ModelConfig, dispatch: str = "sorted", backend: str = "auto"):
         super().__init__()
-        get_dispatch(dispatch)  # fail early on a bad name
-        self.config, self.dispatch = config, dispatch
+        self.config = config
+        self.dispatch, self.backend = check_dispatch(dispatch), check_backend(backend)  # fail early on a bad name
         self.gate = Router(config)
         self.experts = RoutedExperts(config)
         shared = config.moe_intermediate_size * config.n_shared_experts
         self.shared_experts = SwiGLU(config.hidden_size, shared) if shared else None
 
-    def forward(self, x: torch.Tensor, dispatch: str | None = None, return_routing: bool = False):
-        """x (..., H) -> (..., H); with ``return_routing`` the pair (output, :class:`RouterOutput`)."""
+    def forward(self, x: torch.Tensor, dispatch: str | None = None, return_routing: bool = False, *,
+                backend: str | None = None):
+        """x (..., H) -> (..., H); with ``return_routing`` the pair (output, :class:`RouterOutput`).
+
+        ``dispatch`` and ``backend`` override the layer's for this call.
+        """
         tokens = x.reshape(-1, x.shape[-1])  # (N, H), N = B*T
         routing = self.gate(tokens)
-        routed = self.experts(tokens, routing.weights, routing.indices, dispatch or self.dispatch)  # (N, H)
+        routed = self.experts(tokens, routing.weights, routing.indices, dispatch or self.dispatch,
+                              backend or self.backend)  # (N, H)
         out = routed.view(x.shape)
         if self.shared_experts is not None:
             out = out + self.shared_experts(x)
