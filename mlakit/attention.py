@@ -6,9 +6,10 @@ arXiv 2305.13245) shares each KV head among a group of query heads, MQA
 (Shazeer 2019, arXiv 1911.02150) shares one KV head among all of them. Only the
 number of KV heads changes, and with it the size of the cache.
 
-The cache is preallocated to a maximum length, so its memory is fixed up front
-and ``nbytes`` is exactly what :mod:`mlakit.kvcache` predicts; writing past the
-end raises a clear error instead of silently reallocating.
+The cache (:class:`~mlakit.cache.KVCache`, defined in :mod:`mlakit.cache` and
+importable from here) is preallocated to a maximum length, so its memory is
+fixed up front and ``nbytes`` is exactly what :mod:`mlakit.kvcache` predicts;
+writing past the end raises a clear error instead of silently reallocating.
 
 The attention math is written out (scores, causal mask, softmax, weighted sum)
 rather than calling a fused kernel, so the lessons can read it line by line.
@@ -19,107 +20,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .cache import CacheFullError, KVCache, PreallocatedCache
 from .config import ModelConfig
 from .layers import RotaryEmbedding, softmax_scale
-
-
-class CacheFullError(RuntimeError):
-    """Raised when a write would pass the cache's maximum length."""
-
-
-class PreallocatedCache:
-    """Per-layer buffers preallocated to ``max_len`` positions along ``time_dim``, filled left to right.
-
-    Subclasses name their buffers; ``_write(layer, *new)`` appends the new positions
-    of one layer to every buffer and returns views of everything cached so far.
-    """
-
-    def __init__(self, buffers: dict[str, torch.Tensor], max_len: int, time_dim: int):
-        self._names = list(buffers)
-        for name, tensor in buffers.items():
-            setattr(self, name, tensor)
-        self.max_len, self.time_dim = max_len, time_dim
-        self.lengths = [0] * next(iter(buffers.values())).shape[0]
-
-    @staticmethod
-    def _check_sizes(**sizes: int) -> None:
-        for name, value in sizes.items():
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"cache {name}={value!r} is invalid: must be a positive integer")
-
-    @property
-    def length(self) -> int:
-        """Positions held by the last layer (all layers hold the same after a full forward pass)."""
-        return self.lengths[-1]
-
-    @property
-    def batch_size(self) -> int:
-        return getattr(self, self._names[0]).shape[1]
-
-    @property
-    def nbytes(self) -> int:
-        """Bytes held by the cache tensors (allocated, whether filled or not)."""
-        return sum(getattr(self, name).nbytes for name in self._names)
-
-    def bytes_per_token(self) -> int:
-        """Bytes one position of one sequence occupies across all layers."""
-        return self.nbytes // (self.batch_size * self.max_len)
-
-    def _write(self, layer: int, *new: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        start = self.lengths[layer]
-        t = new[0].shape[self.time_dim - 1]  # the buffers have a leading layer axis, the inputs do not
-        end = start + t
-        if end > self.max_len:
-            raise CacheFullError(
-                f"{type(self).__name__} is full: layer {layer} holds {start} of {self.max_len} positions and "
-                f"{t} more were written; allocate a longer cache (max_len) or shorten the sequence"
-            )
-        views = []
-        for name, value in zip(self._names, new, strict=True):
-            buf = getattr(self, name)[layer]
-            buf.narrow(self.time_dim - 1, start, t).copy_(value)
-            views.append(buf.narrow(self.time_dim - 1, 0, end))
-        self.lengths[layer] = end
-        return tuple(views)
-
-    def reset(self) -> None:
-        self.lengths = [0] * len(self.lengths)
-
-    def truncate(self, length: int, layers: range | None = None) -> None:
-        """Forget every position from ``length`` on (in ``layers``, default all): a rejected draft token
-        in speculative decoding. The memory stays allocated and is overwritten by the next write."""
-        for layer in layers if layers is not None else range(len(self.lengths)):
-            if not 0 <= length <= self.lengths[layer]:
-                raise ValueError(f"cannot truncate layer {layer} holding {self.lengths[layer]} positions to {length}")
-            self.lengths[layer] = length
-
-
-class KVCache(PreallocatedCache):
-    """Keys and values of every layer, preallocated: ``k`` and ``v`` are (layers, B, n_kv, max_len, d_h).
-
-    ``append(layer, k, v)`` writes the new positions of one layer and returns the
-    keys and values cached so far for it.
-    """
-
-    def __init__(self, num_layers: int, batch_size: int, max_len: int, num_kv_heads: int,
-                 head_dim: int, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"):
-        self._check_sizes(num_layers=num_layers, batch_size=batch_size, max_len=max_len,
-                          num_kv_heads=num_kv_heads, head_dim=head_dim)
-        shape = (num_layers, batch_size, num_kv_heads, max_len, head_dim)
-        super().__init__({"k": torch.zeros(shape, dtype=dtype, device=device),
-                          "v": torch.zeros(shape, dtype=dtype, device=device)}, max_len, time_dim=3)
-
-    @classmethod
-    def for_config(cls, config: ModelConfig, batch_size: int, max_len: int | None = None,
-                   dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> KVCache:
-        if config.attn_type == "mla":
-            raise ValueError("KVCache holds per-head keys and values; an MLA model caches latents (mlakit.mla.LatentCache)")
-        return cls(config.num_hidden_layers, batch_size, max_len or config.max_position_embeddings,
-                   config.num_key_value_heads, config.head_dim, dtype, device)
-
-    def append(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write k, v of shape (B, n_kv, T, d_h) after the cached positions; return all of them."""
-        return self._write(layer, k, v)  # (B, n_kv, S, d_h) each
 
 
 def causal_mask(q_len: int, k_len: int, device: torch.device | str | None = None) -> torch.Tensor:
@@ -195,7 +98,8 @@ class Attention(nn.Module):
         v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, n_kv, T, d_h)
         q, k = self.rope(q, positions), self.rope(k, positions)
         if cache is not None:
-            k, v = cache.append(self.layer_idx, k, v)  # (B, n_kv, S, d_h) each, S = start + T
+            cache.write(self.layer_idx, k, v)
+            k, v = cache.read(self.layer_idx)  # (B, n_kv, S, d_h) each, S = start + T
         group = self.n_heads // self.n_kv_heads
         k = k.repeat_interleave(group, dim=1)  # (B, n_h, S, d_h): each KV head serves `group` query heads
         v = v.repeat_interleave(group, dim=1)  # (B, n_h, S, d_h)

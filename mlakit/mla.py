@@ -33,6 +33,11 @@ Two paths compute the same function:
 absorbed for a one-token step (decode). The mode is set per layer
 (``MultiHeadLatentAttention(config, mode=...)``, or the ``mode`` attribute) and
 can be overridden per call (``layer(x, cache, mode="absorbed")``).
+
+The cache is :class:`~mlakit.cache.LatentCache` (defined in :mod:`mlakit.cache`,
+importable from here): the layer writes its new rows, then reads every cached
+row back (``cache.write``, ``cache.read``); a kernel reads ``cache.storage(layer)``
+and ``cache.row_lengths(layer)`` instead.
 """
 
 from __future__ import annotations
@@ -40,51 +45,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .attention import PreallocatedCache, scaled_dot_product_attention
+from .attention import scaled_dot_product_attention
+from .cache import LatentCache
 from .config import ModelConfig
 from .layers import RMSNorm, RotaryEmbedding, softmax_scale
 
 MODES = ("naive", "absorbed", "auto")
 LATENT_NORM_EPS = 1e-6  # q_a_layernorm and kv_a_layernorm use 1e-6 whatever rms_norm_eps is (released configs)
-
-
-class LatentCache(PreallocatedCache):
-    """MLA's cache: per layer and token the normalised latent c_KV and the rotated shared key k_R.
-
-    Stored together as one (layers, B, max_len, kv_lora_rank + qk_rope_head_dim)
-    tensor ``latent``, the layout DeepSeek's FlashMLA kernel reads: the whole row
-    is the MQA-style key of the absorbed path, its first kv_lora_rank entries are
-    the value.
-    """
-
-    def __init__(self, num_layers: int, batch_size: int, max_len: int, kv_lora_rank: int,
-                 qk_rope_head_dim: int, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"):
-        self._check_sizes(num_layers=num_layers, batch_size=batch_size, max_len=max_len,
-                          kv_lora_rank=kv_lora_rank, qk_rope_head_dim=qk_rope_head_dim)
-        self.kv_lora_rank = kv_lora_rank
-        shape = (num_layers, batch_size, max_len, kv_lora_rank + qk_rope_head_dim)
-        super().__init__({"latent": torch.zeros(shape, dtype=dtype, device=device)}, max_len, time_dim=2)
-
-    @classmethod
-    def for_config(cls, config: ModelConfig, batch_size: int, max_len: int | None = None,
-                   dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> LatentCache:
-        if config.attn_type != "mla":
-            raise ValueError(f"LatentCache is MLA's cache; attn_type={config.attn_type!r} caches keys and values "
-                             "(mlakit.attention.KVCache)")
-        return cls(config.num_hidden_layers, batch_size, max_len or config.max_position_embeddings,
-                   config.kv_lora_rank, config.qk_rope_head_dim, dtype, device)
-
-    def append(self, layer: int, latent: torch.Tensor) -> torch.Tensor:
-        """Write [c_KV ; k_R] of shape (B, T, d_c + d_R) after the cached positions; return all (B, S, d_c + d_R)."""
-        return self._write(layer, latent)[0]
-
-    def c_kv(self, layer: int) -> torch.Tensor:
-        """The cached latents of one layer, (B, S, kv_lora_rank)."""
-        return self.latent[layer, :, : self.lengths[layer], : self.kv_lora_rank]
-
-    def k_rope(self, layer: int) -> torch.Tensor:
-        """The cached shared rope keys of one layer, (B, S, qk_rope_head_dim)."""
-        return self.latent[layer, :, : self.lengths[layer], self.kv_lora_rank:]
 
 
 def check_mode(mode: str) -> str:
@@ -172,14 +139,15 @@ class MultiHeadLatentAttention(nn.Module):
         ``mode``: "naive", "absorbed" or "auto" (naive for several tokens, absorbed for one); None uses ``self.mode``."""
         B, T, _ = x.shape
         mode = self.mode if mode is None else check_mode(mode)
+        start = cache.lengths[self.layer_idx] if cache is not None else 0
         if mode == "auto":
             mode = "naive" if T > 1 else "absorbed"
-        start = cache.lengths[self.layer_idx] if cache is not None else 0
         positions = torch.arange(start, start + T, device=x.device)  # (T,)
         q_nope, q_rope = self.query(x, positions)
         latent = self.latent(x, positions)  # (B, T, d_c + d_rope)
         if cache is not None:
-            latent = cache.append(self.layer_idx, latent)  # (B, S, d_c + d_rope), S = start + T
+            cache.write(self.layer_idx, latent)
+            latent = cache.read(self.layer_idx)  # (B, S, d_c + d_rope), S = start + T
         attend = self.attend_naive if mode == "naive" else self.attend_absorbed
         out = attend(q_nope, q_rope, latent, key_mask)  # (B, n_h, T, d_v)
         return self.o_proj(out.transpose(1, 2).reshape(B, T, self.n_heads * self.d_v))
