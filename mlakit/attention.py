@@ -53,11 +53,16 @@ def scaled_dot_product_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tens
     scores = (q @ k.transpose(-2, -1)) * scale  # (B, H, T, S), or (B, 1, H*T, S) folded
     if causal and T == 1 and key_mask is None:
         causal = False  # one new query after its whole context: the causal mask hides nothing
-    allowed = causal_mask(T, S, q.device) if causal else torch.ones(T, S, dtype=torch.bool, device=q.device)
-    if key_mask is not None:
-        itself = torch.arange(S, device=q.device) == torch.arange(S - T, S, device=q.device)[:, None]  # (T, S)
-        allowed = (allowed & key_mask[:, None, None, :]) | itself  # (B, 1, T, S)
-    if causal or key_mask is not None:
+    if causal and key_mask is None and T < S:
+        # a few queries after a cached prefix (a speculative verify): only the last T - 1 keys lie in some
+        # query's future, so mask that (T, T - 1) corner in place instead of building a (T, S) mask
+        future = torch.ones(T, T - 1, dtype=torch.bool, device=q.device).triu()  # key S - T + 1 + c is after query t iff c >= t
+        scores.view(B, H, T, S)[..., S - T + 1:].masked_fill_(future, float("-inf"))  # folded rows are head-major too
+    elif causal or key_mask is not None:
+        allowed = causal_mask(T, S, q.device) if causal else torch.ones(T, S, dtype=torch.bool, device=q.device)
+        if key_mask is not None:
+            itself = torch.arange(S, device=q.device) == torch.arange(S - T, S, device=q.device)[:, None]  # (T, S)
+            allowed = (allowed & key_mask[:, None, None, :]) | itself  # (B, 1, T, S)
         if fold:
             allowed = allowed.repeat(*([1] * (allowed.dim() - 2)), H, 1)  # (..., H*T, S): same mask for every head
         scores = scores.masked_fill(~allowed, float("-inf"))

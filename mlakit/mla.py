@@ -29,8 +29,15 @@ Two paths compute the same function:
   o_proj. Nothing per head is ever materialised per cached token: the right
   path for decode, where reading the cache is the cost.
 
-``mode="auto"`` (the default) picks naive for a multi-token forward (prefill) and
-absorbed for a one-token step (decode). The mode is set per layer
+``mode="auto"`` (the default) picks naive for a prefill (several tokens and nothing
+cached before them: every key is new, so expanding them costs what absorbing
+the queries would) and absorbed otherwise: a one-token decode step, and the
+few tokens that continue a cached prefix, such as speculative decoding's
+verify step (naive would re-expand every cached latent for two new tokens).
+Counting multiply-adds over a long cached prefix, a chunk of new tokens after it
+(chunked prefill) is cheaper naive once it passes about
+d_c (d_nope + d_v) / (2 d_c - d_nope - d_v) tokens: 170 for V3's dimensions (pass
+``mode="naive"`` for such chunks), never for ``nano``'s (2 d_c = d_nope + d_v). The mode is set per layer
 (``MultiHeadLatentAttention(config, mode=...)``, or the ``mode`` attribute) and
 can be overridden per call (``layer(x, cache, mode="absorbed")``).
 
@@ -136,12 +143,13 @@ class MultiHeadLatentAttention(nn.Module):
     def forward(self, x: torch.Tensor, cache: LatentCache | None = None, key_mask: torch.Tensor | None = None,
                 mode: str | None = None) -> torch.Tensor:
         """x (B, T, d) -> (B, T, d). ``key_mask`` (B, S): True for real tokens over cached + new positions;
-        ``mode``: "naive", "absorbed" or "auto" (naive for several tokens, absorbed for one); None uses ``self.mode``."""
+        ``mode``: "naive", "absorbed" or "auto" (naive for a prefill of several tokens, absorbed for a decode
+        step or a few tokens after a cached prefix); None uses ``self.mode``."""
         B, T, _ = x.shape
         mode = self.mode if mode is None else check_mode(mode)
         start = cache.lengths[self.layer_idx] if cache is not None else 0
         if mode == "auto":
-            mode = "naive" if T > 1 else "absorbed"
+            mode = "naive" if T > 1 and start == 0 else "absorbed"  # prefill naive; decode / verify absorbed
         positions = torch.arange(start, start + T, device=x.device)  # (T,)
         q_nope, q_rope = self.query(x, positions)
         latent = self.latent(x, positions)  # (B, T, d_c + d_rope)

@@ -41,6 +41,19 @@ def test_attention_matches_a_reference_written_from_scratch():
     torch.testing.assert_close(scaled_dot_product_attention(q, k, v, 8**-0.5), ref, atol=1e-6, rtol=1e-5)
 
 
+@pytest.mark.parametrize("kv_heads", [3, 1], ids=["per-head", "shared-folded"])
+@pytest.mark.parametrize("T", [2, 3])
+def test_a_few_queries_after_a_cached_prefix_are_masked_causally(kv_heads, T):
+    """The in-place corner mask (queries after a prefix, as in a speculative verify) equals a full causal mask."""
+    torch.manual_seed(0)
+    S = 9
+    q, k, v = torch.randn(2, 3, T, 8), torch.randn(2, kv_heads, S, 8), torch.randn(2, kv_heads, S, 4)
+    allowed = causal_mask(T, S)  # query t sits at position S - T + t
+    ref = torch.nn.functional.scaled_dot_product_attention(q, k.expand(-1, 3, -1, -1), v.expand(-1, 3, -1, -1),
+                                                           attn_mask=allowed, scale=0.3)
+    torch.testing.assert_close(scaled_dot_product_attention(q, k, v, 0.3), ref, atol=1e-6, rtol=1e-5)
+
+
 def test_gqa_with_one_group_per_head_equals_mha():
     torch.manual_seed(0)
     mha = Attention(DENSE.variant("mha"))

@@ -6,6 +6,7 @@ import mlakit.mla
 from mlakit import ModelConfig, kvcache
 from mlakit.attention import scaled_dot_product_attention
 from mlakit.cache import CacheFullError, KVCache, LatentCache, PreallocatedCache
+from mlakit.kernels import mla_decode
 from mlakit.model import MiniDeepSeek
 
 NANO = ModelConfig.from_preset("nano", n_routed_experts=0, num_hidden_layers=2)
@@ -54,23 +55,15 @@ def test_storage_and_row_lengths_are_what_a_kernel_reads():
     assert k.shape == v.shape == (2, 1, 6, 4)
 
 
-def _decode_from_storage(q, storage, lengths, scale, kv_lora_rank):
-    """What a decode kernel computes from storage and per-row lengths: the absorbed attention of one query."""
-    S_max = storage.shape[1]
-    valid = torch.arange(S_max) < lengths[:, None].long()  # (B, S_max)
-    scores = torch.einsum("bhd,bsd->bhs", q, storage) * scale  # (B, n_h, S_max)
-    probs = scores.masked_fill(~valid[:, None], float("-inf")).softmax(-1)
-    return torch.einsum("bhs,bsc->bhc", probs, storage[..., :kv_lora_rank])  # (B, n_h, d_c)
-
-
-def test_a_kernel_reading_storage_and_lengths_matches_attention_on_the_read_view():
+def test_the_mla_decode_kernel_reads_storage_and_row_lengths_like_attention_on_the_read_view():
     torch.manual_seed(0)
     cache = LatentCache(num_layers=1, batch_size=2, max_len=16, kv_lora_rank=8, qk_rope_head_dim=4)
     cache.write(0, torch.randn(2, 11, 12))
-    q = torch.randn(2, 3, 12)  # (B, n_h, d_c + d_rope): one decode query per head
+    cache.storage(0)[:, 11:] = float("nan")  # unfilled rows: a kernel must not read past the lengths
+    q = torch.randn(2, 3, 12)  # (B, n_h, d_c + d_rope): one absorbed decode query per head
     latent = cache.read(0)  # (B, S, d_c + d_rope)
     ref = scaled_dot_product_attention(q[:, :, None], latent[:, None], latent[:, None, :, :8], 0.3)  # (B, n_h, 1, d_c)
-    got = _decode_from_storage(q, cache.storage(0), cache.row_lengths(0), 0.3, cache.kv_lora_rank)
+    got = mla_decode(q, cache.storage(0), cache.row_lengths(0), 0.3, cache.kv_lora_rank, backend="torch")
     torch.testing.assert_close(got, ref[:, :, 0], atol=1e-6, rtol=1e-5)
 
 

@@ -170,13 +170,17 @@ def test_auto_mode_takes_naive_for_prefill_and_absorbed_for_decode(monkeypatch):
     taken = _record_paths(layer, monkeypatch)
     cache = LatentCache.for_config(NANO, batch_size=1, max_len=8)
     x = torch.randn(1, 6, NANO.hidden_size)
-    layer(x[:, :5], cache)
-    layer(x[:, 5:], cache)
-    assert taken == ["naive", "absorbed"]
+    layer(x[:, :4], cache)
+    layer(x[:, 4:5], cache)
+    cache.truncate(4, range(1))
+    layer(x[:, 4:6], cache)  # two tokens after a cached prefix: a speculative verify
+    assert taken == ["naive", "absorbed", "absorbed"]
+    layer(x[:, :1])  # one token without a cache
+    assert taken[3:] == ["absorbed"]
     layer.mode = "naive"  # the layer's default ...
     layer(x[:, :1])
     layer(x[:, :1], mode="absorbed")  # ... and a per-call override
-    assert taken[2:] == ["naive", "absorbed"]
+    assert taken[4:] == ["naive", "absorbed"]
 
 
 def test_set_attention_mode_reaches_every_mla_layer_and_keeps_outputs(monkeypatch):
