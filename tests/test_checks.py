@@ -1,10 +1,16 @@
-"""Every checker passes the reference answer and fails known-wrong answers with the right hint."""
+"""Every checker passes the reference answer and fails known-wrong answers with the right hint; the package re-exports them all."""
+
+import importlib
+import operator
+import pkgutil
+import re
 
 import pytest
 import torch
 
-from mlakit import checks
-from mlakit.checks import FAIL, NOT_ATTEMPTED, PASS
+from mlakit.course import checks
+from mlakit.course.checks import FAIL, NOT_ATTEMPTED, PASS
+from mlakit.course.checks._core import _Fail, diagnose
 
 
 def _not_done(*args, **kwargs):
@@ -148,3 +154,50 @@ def test_result_lines_parse_and_fallback_says_so(capsys):
     assert checks.use_or_fallback(good, len, max) is len
     assert checks.use_or_fallback(bad, len, max) is max
     assert "using the library's version" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------- the package
+def _lesson_modules():
+    names = sorted(m.name for m in pkgutil.iter_modules(checks.__path__) if m.name.startswith("lesson"))
+    return [importlib.import_module(f"{checks.__name__}.{name}") for name in names]
+
+
+def test_every_checker_and_reference_is_reexported_explicitly():
+    modules = _lesson_modules()
+    assert [m.__name__.rsplit(".", 1)[1] for m in modules] == [f"lesson{n:02d}" for n in range(1, len(modules) + 1)]
+    core = {"CheckResult", "use_or_fallback", "PASS", "FAIL", "NOT_ATTEMPTED", "RESULT_LINE"}
+    listed = set(core)
+    for module in modules:
+        defined = {name for name, obj in vars(module).items() if name.startswith(("check_", "reference_"))
+                   and getattr(obj, "__module__", None) == module.__name__}
+        assert set(module.__all__) == defined, f"{module.__name__}.__all__ misses or adds names"
+        for name in module.__all__:
+            assert name in checks.__all__, f"{name} of {module.__name__} is not imported in checks/__init__.py"
+            assert getattr(checks, name) is getattr(module, name)
+        listed |= set(module.__all__)
+    assert len(checks.__all__) == len(set(checks.__all__)) and set(checks.__all__) == listed
+    for name in checks.__all__:
+        assert hasattr(checks, name), name
+
+
+def test_every_checker_names_its_exercise_in_its_lesson():
+    for module in _lesson_modules():
+        lesson = module.__name__[-2:]
+        numbers = []
+        for name in module.__all__:
+            if name.startswith("check_"):
+                m = re.match(rf"Exercise {lesson}\.(\d+):", getattr(module, name).__doc__ or "")
+                assert m, f"{name}'s docstring must start with 'Exercise {lesson}.k:' (the grader reads it)"
+                assert f"reference_{name.removeprefix('check_')}" in module.__all__, name
+                numbers.append(int(m.group(1)))
+        assert sorted(numbers) == list(range(1, len(numbers) + 1)), module.__name__
+
+
+def test_diagnose_names_the_first_matching_mistake_and_skips_none():
+    mistakes = [(None, "skipped"), (3, "three"), (4, "four"), (3, "a later three")]
+    with pytest.raises(_Fail, match=r"^for x: three$"):
+        diagnose(3, mistakes, same=operator.eq, prefix="for x: ")
+    assert diagnose(5, mistakes, same=operator.eq) is None
+    t = torch.tensor([1.0, float("-inf")])
+    with pytest.raises(_Fail, match="^close$"):  # tensors by default: within tolerance, -inf where it is expected
+        diagnose(t + 1e-7, [(t * 2, "doubled"), (t, "close")])

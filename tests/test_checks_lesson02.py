@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from mlakit import checks
-from mlakit.checks import FAIL, NOT_ATTEMPTED, PASS
+from mlakit.course import checks
+from mlakit.course.checks import FAIL, NOT_ATTEMPTED, PASS
 from mlakit.layers import RMSNorm
 from mlakit.mla import LATENT_NORM_EPS
 

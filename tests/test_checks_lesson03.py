@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from mlakit import checks
-from mlakit.checks import FAIL, NOT_ATTEMPTED, PASS
+from mlakit.course import checks
+from mlakit.course.checks import FAIL, NOT_ATTEMPTED, PASS
 from mlakit.layers import RotaryEmbedding, yarn_mscale
 
 

@@ -5,10 +5,11 @@ import math
 import pytest
 import torch
 
-from mlakit import ModelConfig, checks
+from mlakit import ModelConfig
 from mlakit.attention import causal_mask
-from mlakit.checks import FAIL, NOT_ATTEMPTED, PASS
-from mlakit.checks.lesson04 import _absorbed_variant
+from mlakit.course import checks
+from mlakit.course.checks import FAIL, NOT_ATTEMPTED, PASS
+from mlakit.course.checks.lesson04 import _absorbed_variant
 from mlakit.mla import MultiHeadLatentAttention
 from mlakit.viz.dashboard import longest_context
 

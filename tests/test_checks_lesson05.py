@@ -4,9 +4,10 @@ attempted."""
 import pytest
 import torch
 
-from mlakit import ModelConfig, checks
-from mlakit.checks import FAIL, NOT_ATTEMPTED, PASS
-from mlakit.checks.lesson05 import _combine, _ffn_active, _gate, _group_mask
+from mlakit import ModelConfig
+from mlakit.course import checks
+from mlakit.course.checks import FAIL, NOT_ATTEMPTED, PASS
+from mlakit.course.checks.lesson05 import _combine, _ffn_active, _gate, _group_mask
 from mlakit.layers import SwiGLU
 from mlakit.model import MiniDeepSeek
 from mlakit.moe import DeepSeekMoE, Router

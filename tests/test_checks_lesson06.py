@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from mlakit import checks
-from mlakit.checks import FAIL, NOT_ATTEMPTED, PASS
+from mlakit.course import checks
+from mlakit.course.checks import FAIL, NOT_ATTEMPTED, PASS
 from mlakit.moe import Router, expert_balance_loss, max_violation, sequence_balance_loss
 
 

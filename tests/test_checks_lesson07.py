@@ -6,9 +6,10 @@ import math
 import pytest
 import torch
 
-from mlakit import ModelConfig, checks
-from mlakit.checks import FAIL, NOT_ATTEMPTED, PASS
-from mlakit.checks.lesson07 import _completion_mask, _lr, _mtp_input
+from mlakit import ModelConfig
+from mlakit.course import checks
+from mlakit.course.checks import FAIL, NOT_ATTEMPTED, PASS
+from mlakit.course.checks.lesson07 import _completion_mask, _lr, _mtp_input
 from mlakit.data import AdditionTask, LMBatches, encode_problems
 from mlakit.model import MiniDeepSeek
 from mlakit.tokenizer import CharTokenizer

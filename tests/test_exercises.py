@@ -10,8 +10,8 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
-from mlakit import exercises
-from mlakit.grade import grade
+from mlakit.course import checks, exercises
+from mlakit.course.grade import CHECK_CALL, _exercise_id, grade
 
 ROOT = Path(__file__).resolve().parents[1]
 SOLUTIONS = sorted((ROOT / "solutions").glob("*.ipynb"))
@@ -91,6 +91,23 @@ def test_cli_exercises_check_passes():
 
 
 # ------------------------------------------------------------------- grading
+def test_grader_numbers_every_checker_from_its_docstring():
+    names = [n for n in checks.__all__ if n.startswith("check_")]
+    assert names
+    for name in names:
+        assert _exercise_id(name) == getattr(checks, name).__doc__.split(":", 1)[0].removeprefix("Exercise "), name
+    assert _exercise_id("check_no_such_exercise") == "?"
+
+
+def test_every_check_cell_calls_a_checker_the_package_exports():
+    for path in SOLUTIONS:
+        nb = nbformat.read(path, as_version=4)
+        source = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
+        assert "from mlakit.course import checks" in source, path.name
+        for name in CHECK_CALL.findall(source):
+            assert name in checks.__all__, f"{path.name} calls checks.{name}, which mlakit.course.checks does not export"
+
+
 @pytest.mark.parametrize("path", SOLUTIONS, ids=lambda p: p.name)
 def test_grader_gives_full_marks_to_solutions(path):
     report = grade(path, timeout=120)

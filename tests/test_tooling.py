@@ -7,8 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import tomllib
 import torch
+
+try:
+    import tomllib  # Python 3.11+
+except ModuleNotFoundError:  # Python 3.10: the same parser as tomli, which pytest requires there
+    import tomli as tomllib
 
 import mlakit
 from mlakit import cli, doctor
@@ -88,7 +92,8 @@ def _names(requirements):
 
 def test_environment_yml_lists_the_same_packages_as_pyproject():
     meta = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    wanted = _names(meta["dependencies"]) | _names(meta["optional-dependencies"]["dev"])
+    extras = meta["optional-dependencies"]
+    wanted = _names(meta["dependencies"]) | _names(extras["course"]) | _names(extras["dev"])
     conda, pip_section, in_pip = set(), [], False
     text = (ROOT / "environment.yml").read_text()
     for line in text.split("dependencies:", 1)[1].splitlines():

@@ -7,8 +7,9 @@ runs with a timeout (an infinite loop is interrupted and reported); errors do
 not stop the run (a syntax error in one exercise does not cost the others);
 each cell's output is capped so a cell that prints without end cannot exhaust
 memory. The exercises are the check cells (cells that call ``checks.check_*``);
-each one's status is the line its checker printed (see :mod:`mlakit.checks`),
-or, when the check cell could not run, the error it raised.
+each one's status is the line its checker printed (see
+:mod:`mlakit.course.checks`), or, when the check cell could not run, the error
+it raised; a checker that printed nothing is numbered from its docstring.
 
 Exit status: 0 only when every exercise passes.
 """
@@ -24,6 +25,7 @@ from pathlib import Path
 import nbformat
 from nbclient import NotebookClient
 
+from . import checks
 from .checks import FAIL, NOT_ATTEMPTED, PASS, RESULT_LINE
 
 CHECK_CALL = re.compile(r"checks\.(check_\w+)\s*\(")
@@ -122,9 +124,8 @@ def _cell_error(cell) -> tuple[str, str] | None:
 
 def _exercise_id(check_name: str) -> str:
     """'01.1' from the checker's docstring ("Exercise 01.1: ..."), '?' for an unknown checker."""
-    from . import checks
-
-    m = re.match(r"Exercise ([\w.]+):", (getattr(checks, check_name, None).__doc__ or "") if hasattr(checks, check_name) else "")
+    doc = getattr(getattr(checks, check_name, None), "__doc__", None) or ""
+    m = re.match(r"Exercise ([\w.]+):", doc)
     return m.group(1) if m else "?"
 
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable
 
 import torch
 
-from ..attention import causal_mask
-from ._core import CheckResult, _close, _expect_tensor, _Fail, _run
+from ...attention import causal_mask
+from ._core import CheckResult, _close, _expect_tensor, _Fail, _run, diagnose
 
 
 def reference_causal_scores(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
@@ -33,20 +34,23 @@ def check_causal_scores(causal_scores: Callable) -> CheckResult:
             lower = ~upper
             if upper.any() and (got[..., upper] <= -1e4).all() and _close(got[..., lower], want[..., lower]):
                 continue  # a large negative number instead of -inf gives the same softmax
-            if upper.any() and (got[..., upper] == 0).all() and _close(got[..., lower], want[..., lower]):
-                raise _Fail("the masked positions are 0. Hint: use -inf, so softmax gives them weight exactly 0")
+            diagnose(got, [
+                (want.masked_fill(upper, 0.0), "the masked positions are 0. Hint: use -inf, so softmax gives them "
+                                               "weight exactly 0"),
+            ])
             if upper.any() and torch.isfinite(got[..., upper]).all():
                 i, j = upper.nonzero()[0].tolist()
                 raise _Fail(f"position ({i}, {j}) is not masked. Hint: a query may not see later keys; "
                             "fill the scores above the diagonal with float('-inf') (torch.tril or masked_fill)")
-            raw = q @ k.transpose(-2, -1)
-            if _close(got[..., lower], raw[..., lower]):
-                raise _Fail(f"the scores are not scaled. Hint: divide q k^T by sqrt(d) = sqrt({d})")
-            if _close(got[..., lower], raw[..., lower] / d):
-                raise _Fail(f"the scores are divided by d = {d}. Hint: the scale is 1/sqrt(d), not 1/d")
-            swapped = reference_causal_scores(k, q)
-            if _close(got, swapped):
-                raise _Fail("rows and columns are swapped. Hint: scores[i, j] = q_i . k_j, i.e. q @ k.transpose(-2, -1)")
+            raw = q @ k.transpose(-2, -1)  # (..., T, T), unscaled
+            diagnose(got[..., lower], [  # the visible scores (j <= i) only
+                (raw[..., lower], f"the scores are not scaled. Hint: divide q k^T by sqrt(d) = sqrt({d})"),
+                (raw[..., lower] / d, f"the scores are divided by d = {d}. Hint: the scale is 1/sqrt(d), not 1/d"),
+            ])
+            diagnose(got, [
+                (reference_causal_scores(k, q),
+                 "rows and columns are swapped. Hint: scores[i, j] = q_i . k_j, i.e. q @ k.transpose(-2, -1)"),
+            ])
             raise _Fail(f"values differ from the reference for q and k of shape {shape}. "
                         "Hint: scores = q @ k.transpose(-2, -1) / sqrt(d), then mask positions j > i")
         return f"matches the reference on {len(shapes)} inputs"
@@ -88,13 +92,15 @@ def check_append_kv(append_kv: Callable) -> CheckResult:
             keys = _expect_tensor(keys, wk.shape, f"keys after step {step + 1}")
             values = _expect_tensor(values, wv.shape, f"values after step {step + 1}")
             if _close(keys, wk) and not _close(values, wv):
-                if _close(values, wk):
-                    raise _Fail("the values are the keys. Hint: write v_new into cache_v and return cache_v's filled part")
+                diagnose(values, [
+                    (wk, "the values are the keys. Hint: write v_new into cache_v and return cache_v's filled part"),
+                ])
                 raise _Fail("the keys are right but the values are not. Hint: treat cache_v exactly like cache_k")
             if not _close(keys, wk):
-                if step > 0 and _close(keys[..., :t, :], k):
-                    raise _Fail("the new keys were written at position 0, over the earlier ones. "
-                                "Hint: write at positions [length, length + T)")
+                diagnose(keys[..., :t, :], [  # the first t positions
+                    (k if step > 0 else None, "the new keys were written at position 0, over the earlier ones. "
+                                              "Hint: write at positions [length, length + T)"),
+                ])
                 raise _Fail(f"the keys after step {step + 1} differ from the expected ones. "
                             "Hint: cache_k[..., length:length + T, :] = k_new")
         try:
@@ -133,9 +139,8 @@ def check_gqa_cache_bytes(gqa_cache_bytes: Callable) -> CheckResult:
             return f"right on {len(cases)} configurations, Llama-3-70B at 128k included"
         wrong = next(i for i in range(len(cases)) if got[i] != want[i])
         where = f"for (layers, kv_heads, head_dim, seq_len, batch, bytes) = {cases[wrong]} you get {got[wrong]!r}; expected {want[wrong]:,}"
-        for mistake, hint in mistakes:
-            if all(g == mistake(w, a) for g, w, a in zip(got, want, cases, strict=True)):
-                raise _Fail(f"{where}. Hint: {hint}")
+        wrong = [([mistake(w, a) for w, a in zip(want, cases, strict=True)], hint) for mistake, hint in mistakes]
+        diagnose(got, wrong, same=operator.eq, prefix=f"{where}. Hint: ")
         raise _Fail(f"{where}. Hint: 2 x layers x kv_heads x head_dim x seq_len x batch x bytes_per_element")
 
     return _run("01.3", "gqa_cache_bytes", body)
@@ -157,9 +162,11 @@ def check_repeat_kv(repeat_kv: Callable) -> CheckResult:
             got = _expect_tensor(repeat_kv(x.clone(), n_rep), want.shape, f"repeat_kv(x, {n_rep}) for {n_kv} KV heads")
             if _close(got, want, atol=0, rtol=0):
                 continue
-            if _close(got, x.repeat(1, n_rep, 1, 1), atol=0, rtol=0):
-                raise _Fail("the heads come out in the order 0,1,0,1,... . Hint: consecutive query heads share a KV head, "
-                            "so the order is 0,0,1,1,...: use repeat_interleave along dim 1")
+            diagnose(got, [  # exactly: repeating copies values
+                (x.repeat(1, n_rep, 1, 1), "the heads come out in the order 0,1,0,1,... . Hint: consecutive query "
+                                           "heads share a KV head, so the order is 0,0,1,1,...: use repeat_interleave "
+                                           "along dim 1"),
+            ], same=lambda a, b: _close(a, b, atol=0, rtol=0))
             raise _Fail(f"wrong values for {n_kv} KV heads repeated {n_rep} times. Hint: x.repeat_interleave(n_rep, dim=1)")
         return "expands KV heads in the right order"
 

@@ -7,7 +7,7 @@ embedding first), :meth:`mlakit.model.MiniDeepSeek.forward` (the MTP head at
 position i predicts t_{i+2}), :class:`mlakit.data.LMBatches` (which targets
 count) and :func:`mlakit.train.lr_at` (linear warmup, cosine to a floor).
 Each checker computes the mistakes learners make as whole alternative answers
-and names the one the learner's answer equals.
+and :func:`diagnose` names the one the learner's answer equals.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import ModelConfig
-from ..model import MTPModule
-from ._core import CheckResult, _close, _expect_tensor, _Fail, _run
+from ...config import ModelConfig
+from ...model import MTPModule
+from ._core import CheckResult, _close, _expect_tensor, _Fail, _run, diagnose
 
 
 # ---------------------------------------------------------------- 07.1
@@ -110,9 +110,8 @@ def check_mtp_input(mtp_input: Callable) -> CheckResult:
             if _close(got, want):
                 continue
             with torch.no_grad():
-                for switches, hint in _MTP_INPUT_MISTAKES:
-                    if _close(got, _mtp_input(h, ids, *mods, **switches)):
-                        raise _Fail(hint)
+                wrong = [(_mtp_input(h, ids, *mods, **switches), hint) for switches, hint in _MTP_INPUT_MISTAKES]
+            diagnose(got, wrong)
             raise _Fail(f"values differ from the reference for B={B}, T={T}. Hint: "
                         "eh_proj(torch.cat([enorm(embed_tokens(input_ids[:, 1:])), hnorm(h[:, :-1])], dim=-1))")
         return f"matches the reference on {len(cases)} inputs: Emb(t_(i+1)) first, both normalised, T - 1 positions"
@@ -190,9 +189,8 @@ def check_mtp_loss(mtp_loss: Callable) -> CheckResult:
             got = got.reshape(())
             if _close(got, want):
                 continue
-            for wrong, hint in _mtp_loss_mistakes(logits, targets, mask):
-                if _close(got, wrong):
-                    raise _Fail(f"your loss is {got.item():.4f}; expected {want.item():.4f}: {hint}")
+            diagnose(got, _mtp_loss_mistakes(logits, targets, mask),
+                     prefix=f"your loss is {got.item():.4f}; expected {want.item():.4f}: ")
             raise _Fail(f"your loss is {got.item():.4f}; expected {want.item():.4f}. Hint: cross-entropy of "
                         "mtp_logits against targets[:, 1:], averaged where loss_mask[:, 1:] is 1")
         return f"matches the reference on {len(cases)} batches: predicts t_(i+2) and counts only masked positions"
@@ -250,9 +248,7 @@ def check_completion_mask(completion_mask: Callable) -> CheckResult:
                 (_completion_mask(p, n, w, first=p, end=n), "the mask is one position late. Hint: target j is token "
                                                             "j + 1: shift the token positions left by one"),
             ]
-            for wrong, hint in mistakes:
-                if torch.equal(got, wrong):
-                    raise _Fail(f"wrong mask {where}: {hint}")
+            diagnose(got, mistakes, same=torch.equal, prefix=f"wrong mask {where}: ")
             raise _Fail(f"wrong mask {where}: {got.int().tolist()}; expected {want.int().tolist()}. "
                         "Hint: ones at targets prompt_len - 1 .. seq_len - 2, zeros elsewhere")
         return f"right on {len(cases)} examples: the completion and its eos count, the prompt and the padding do not"
@@ -302,6 +298,10 @@ _LR_MISTAKES = [
 ]
 
 
+def _same_rates(a: list[float], b: list[float]) -> bool:
+    return all(math.isclose(x, y, rel_tol=1e-6, abs_tol=1e-12) for x, y in zip(a, b, strict=True))
+
+
 def check_lr_schedule(lr_schedule: Callable) -> CheckResult:
     """Exercise 07.4: lr_schedule(step, steps, lr, warmup_steps, min_lr_ratio) -> warmup, then cosine to a floor."""
 
@@ -319,16 +319,15 @@ def check_lr_schedule(lr_schedule: Callable) -> CheckResult:
                     raise _Fail(f"lr_schedule({s}, ...) returned {type(value).__name__}; return a float")
             got = [float(v) for v in got]
             checked += len(probe)
-            if all(math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-12) for a, b in zip(got, want, strict=True)):
+            if _same_rates(got, want):
                 continue
             bad = next(i for i, (a, b) in enumerate(zip(got, want, strict=True))
                        if not math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-12))
             where = (f"for steps={steps}, lr={lr}, warmup_steps={warmup}, min_lr_ratio={ratio}: step {probe[bad]} "
                      f"gives {got[bad]:.6g}; expected {want[bad]:.6g}")
-            for switches, hint in _LR_MISTAKES:
-                wrong = [_lr(s, steps, lr, warmup, ratio, **switches) for s in probe]
-                if all(math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-12) for a, b in zip(got, wrong, strict=True)):
-                    raise _Fail(f"{where}: {hint}")
+            wrong = [([_lr(s, steps, lr, warmup, ratio, **switches) for s in probe], hint)
+                     for switches, hint in _LR_MISTAKES]
+            diagnose(got, wrong, same=_same_rates, prefix=f"{where}: ")
             if probe[bad] >= steps:
                 raise _Fail(f"{where}. Hint: after the last step the rate stays at the floor lr * min_lr_ratio "
                             "(clamp progress to 1)")

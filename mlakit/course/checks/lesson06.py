@@ -12,8 +12,8 @@ from collections.abc import Callable
 
 import torch
 
-from ..moe import max_violation, sequence_balance_loss
-from ._core import CheckResult, _close, _expect_tensor, _Fail, _run
+from ...moe import max_violation, sequence_balance_loss
+from ._core import CheckResult, _close, _expect_tensor, _Fail, _run, diagnose
 
 
 def _call_on_counts(fn: Callable, *args):
@@ -86,10 +86,9 @@ def check_max_violation(max_violation_fn: Callable) -> CheckResult:
                 ((top - mean) / load.sum(-1), "you divided by the total load. Hint: divide by the mean load "
                                               "(total / number of experts)"),
             ]
-            for value, hint in mistakes:
-                if _close(got, value):
-                    raise _Fail(f"{label} you get {got.flatten()[:4].tolist()}; expected "
-                                f"{[round(v, 4) for v in want.flatten()[:4].tolist()]}: {hint}")
+            diagnose(got, mistakes,
+                     prefix=f"{label} you get {got.flatten()[:4].tolist()}; expected "
+                            f"{[round(v, 4) for v in want.flatten()[:4].tolist()]}: ")
             raise _Fail(f"{label} you get {[round(v, 4) for v in got.flatten()[:4].tolist()]}; expected "
                         f"{[round(v, 4) for v in want.flatten()[:4].tolist()]}. "
                         "Hint: (counts.max(-1) - counts.mean(-1)) / counts.mean(-1), in floats")
@@ -136,6 +135,9 @@ def check_bias_update(bias_update: Callable) -> CheckResult:
                 (before - gamma * torch.sign(row_mean - load),
                  "the sign is reversed: you made overloaded experts MORE attractive. Hint: an expert above the mean "
                  "load must LOSE bias: b_i += gamma * sign(mean - load_i)"),
+                (before + gamma * torch.sign(load.mean(0, keepdim=True) - load) if load.dim() == 2 else None,
+                 "you took the mean over the layers (dim 0). Hint: compare each expert with the mean "
+                 "load of ITS layer: mean over the experts, dim=-1, keepdim=True"),
                 (before, "the bias did not move. Hint: add gamma * sign(mean - load) to it"),
                 (before + gamma * (row_mean - load),
                  "the step is proportional to the imbalance. Hint: DeepSeek moves every bias by exactly gamma, "
@@ -145,13 +147,7 @@ def check_bias_update(bias_update: Callable) -> CheckResult:
                 (before + gamma * torch.sign(row_mean - load) / load.shape[-1],
                  "each step is gamma divided by the number of experts. Hint: the step is gamma itself"),
             ]
-            if load.dim() == 2:
-                mistakes.insert(1, (before + gamma * torch.sign(load.mean(0, keepdim=True) - load),
-                                    "you took the mean over the layers (dim 0). Hint: compare each expert with the mean "
-                                    "load of ITS layer: mean over the experts, dim=-1, keepdim=True"))
-            for value, hint in mistakes:
-                if _close(got, value):
-                    raise _Fail(f"{label}: {hint}")
+            diagnose(got, mistakes, prefix=f"{label}: ")
             raise _Fail(f"{label} you get {got.flatten()[:4].tolist()}; expected "
                         f"{[round(v, 4) for v in want.flatten()[:4].tolist()]}. "
                         "Hint: bias + gamma * torch.sign(counts.mean(-1, keepdim=True) - counts), in floats")
@@ -219,9 +215,8 @@ def check_seq_balance_loss(seq_balance_loss: Callable) -> CheckResult:
                             "Hint: average the per-sequence losses over the batch")
             got = got.reshape(())
             if not _close(got, want):
-                for value, hint in _loss_variants(scores, indices, alpha):
-                    if _close(got, value.reshape(())):
-                        raise _Fail(f"{label} you get {got.item():.5f}; expected {want.item():.5f}: {hint}")
+                diagnose(got, _loss_variants(scores, indices, alpha), same=lambda a, b: _close(a, b.reshape(())),
+                         prefix=f"{label} you get {got.item():.5f}; expected {want.item():.5f}: ")
                 raise _Fail(f"{label} you get {got.item():.5f}; expected {want.item():.5f}. Hint: per sequence, "
                             "f_i = E / (k T) x count of tokens choosing i and P_i = mean over t of s_i / sum_j s_j; "
                             "loss = alpha x mean over sequences of sum_i f_i P_i")

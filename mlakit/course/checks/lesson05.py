@@ -7,7 +7,8 @@ gate weights from the unbiased s of the chosen experts, renormalised over the
 k chosen and multiplied by routed_scaling_factor; a group's score is the sum of
 its two largest biased scores, and only the best topk_group groups may be chosen.
 Each checker computes the mistakes learners make as whole alternative answers
-and names the one the learner's answer equals.
+(the keyword switches of one function per exercise, ``_gate`` ...) and
+:func:`diagnose` names the one the learner's answer equals.
 """
 
 from __future__ import annotations
@@ -16,10 +17,10 @@ from collections.abc import Callable
 
 import torch
 
-from ..config import ModelConfig
-from ..layers import SwiGLU
-from ..moe import GROUP_TOP, NORM_EPS
-from ._core import CheckResult, _close, _expect_tensor, _Fail, _run
+from ...config import ModelConfig
+from ...layers import SwiGLU
+from ...moe import GROUP_TOP, NORM_EPS
+from ._core import CheckResult, _close, _expect_tensor, _Fail, _run, diagnose
 
 
 # ---------------------------------------------------------------- 05.1
@@ -100,19 +101,17 @@ def check_sigmoid_topk_gate(sigmoid_topk_gate: Callable) -> CheckResult:
                             "e.g. the .indices of topk")
             cases.append((logits, bias, k, scale, *_by_expert(weights.float(), indices.long())))
 
-        def same(switches: dict) -> bool:
-            """The learner's answer equals the gate with these switches on every case."""
+        def same(cases: list, switches: dict) -> bool:
+            """The learner's answers (the last two items of each case) equal the gate with these switches."""
             for logits, bias, k, scale, got_w, got_i in cases:
                 want_w, want_i = _by_expert(*_gate(logits, bias, k, scale, **switches))
                 if not (torch.equal(got_i, want_i) and _close(got_w, want_w)):
                     return False
             return True
 
-        if same({}):
+        if same(cases, {}):
             return f"right experts and weights on {len(cases)} inputs"
-        for switches, hint in _GATE_SELECTION_MISTAKES + _GATE_WEIGHT_MISTAKES:
-            if same(switches):
-                raise _Fail(hint)
+        diagnose(cases, _GATE_SELECTION_MISTAKES + _GATE_WEIGHT_MISTAKES, same=same)
         for logits, bias, k, scale, got_w, got_i in cases:
             want_w, want_i = _by_expert(*reference_sigmoid_topk_gate(logits, bias, k, scale))
             where = f"with {logits.shape[1]} experts and k = {k}"
@@ -194,14 +193,12 @@ def check_group_limited_mask(group_limited_mask: Callable) -> CheckResult:
                             "experts of the kept groups")
             cases.append((scores, n_group, topk_group, got))
 
-        def same(switches: dict) -> bool:
+        def same(cases: list, switches: dict) -> bool:
             return all(torch.equal(got, _group_mask(scores, G, kg, **switches)) for scores, G, kg, got in cases)
 
-        if same({}):
+        if same(cases, {}):
             return f"keeps the right groups on {len(cases)} inputs, V3's 8 groups keep 4 included"
-        for switches, hint in _GROUP_MISTAKES:
-            if same(switches):
-                raise _Fail(hint)
+        diagnose(cases, _GROUP_MISTAKES, same=same)
         for scores, n_group, topk_group, got in cases:
             want = reference_group_limited_mask(scores, n_group, topk_group)
             if torch.equal(got, want):
@@ -292,9 +289,8 @@ def check_ffn_active_parameters(ffn_active_parameters: Callable) -> CheckResult:
         if got != want:
             i = next(i for i in range(len(configs)) if got[i] != want[i])
             where = f"for {configs[i][0]} you get {got[i]:,.0f}; expected {want[i]:,}"
-            for switches, hint in _ACTIVE_MISTAKES:
-                if got == [_ffn_active(config, **switches) for _, config in configs]:
-                    raise _Fail(f"{where}: {hint}")
+            diagnose(got, _ACTIVE_MISTAKES, prefix=f"{where}: ",
+                     same=lambda answers, switches: answers == [_ffn_active(c, **switches) for _, c in configs])
             raise _Fail(f"{where}. Hint: dense layers x 3 d intermediate_size + MoE layers x (router n_routed_experts "
                         "x d + (n_shared_experts + num_experts_per_tok) x 3 d moe_intermediate_size)")
         dense = ModelConfig.from_preset("nano", n_routed_experts=0, first_k_dense_replace=0)
@@ -370,14 +366,12 @@ def check_combine_experts(combine_experts: Callable) -> CheckResult:
                 got = _expect_tensor(got, (T, H), f"the output for x of shape {(T, H)}").float()
                 cases.append((x, shared, experts, weights, indices, got))
 
-            def same(switches: dict) -> bool:
+            def same(cases: list, switches: dict) -> bool:
                 return all(_close(got, _combine(x, s, e, w, i, **switches)) for x, s, e, w, i, got in cases)
 
-            if same({}):
+            if same(cases, {}):
                 return f"matches shared(x) + sum_k g_k expert_k(x) on {len(cases)} inputs"
-            for switches, hint in _COMBINE_MISTAKES:
-                if same(switches):
-                    raise _Fail(hint)
+            diagnose(cases, _COMBINE_MISTAKES, same=same)
             for x, shared, experts, weights, indices, got in cases:
                 want = reference_combine_experts(x, shared, experts, weights, indices)
                 if _close(got, want):

@@ -13,8 +13,8 @@ from collections.abc import Callable
 
 import torch
 
-from ..mla import LATENT_NORM_EPS
-from ._core import CheckResult, _close, _expect_tensor, _Fail, _run
+from ...mla import LATENT_NORM_EPS
+from ._core import CheckResult, _close, _expect_tensor, _Fail, _run, diagnose
 
 
 def _rms(c: torch.Tensor, dims=-1) -> torch.Tensor:
@@ -44,21 +44,21 @@ def check_compress_kv(compress_kv: Callable) -> CheckResult:
             if _close(got, want):
                 continue
             raw = h @ w.T  # (B, T, d_c)
-            if _close(got, raw) or _close(got, raw * gain):
-                raise _Fail("the latent is not normalised. Hint: MLA applies RMSNorm to c_KV (kv_a_layernorm): "
-                            "divide each token's latent by sqrt(mean(c^2) + 1e-6), then multiply by norm_weight")
-            if _close(got, _rms(raw)):
-                raise _Fail("the RMSNorm gain is missing. Hint: multiply the normalised latent by norm_weight")
-            if d == d_c and _close(got, _rms(h @ w) * gain):
-                raise _Fail("the weight is used untransposed. Hint: like an nn.Linear weight, w_dkv is stored "
-                            "(d_c, d): c = h @ w_dkv.T")
-            centred = raw - raw.mean(-1, keepdim=True)
-            if _close(got, _rms(centred) * gain):
-                raise _Fail("the mean was subtracted (that is LayerNorm). Hint: RMSNorm only divides by the root "
-                            "mean square; it does not centre")
-            if any(_close(got, _rms(raw, dims) * gain) for dims in ((0, 1, 2), (0,), (1,))):
-                raise _Fail("the root mean square is taken over the wrong axis. Hint: normalise each token's "
-                            "latent over its own d_c entries: mean over the last dimension")
+            not_normalised = ("the latent is not normalised. Hint: MLA applies RMSNorm to c_KV (kv_a_layernorm): "
+                              "divide each token's latent by sqrt(mean(c^2) + 1e-6), then multiply by norm_weight")
+            wrong_axis = ("the root mean square is taken over the wrong axis. Hint: normalise each token's "
+                          "latent over its own d_c entries: mean over the last dimension")
+            diagnose(got, [
+                (raw, not_normalised),
+                (raw * gain, not_normalised),
+                (_rms(raw), "the RMSNorm gain is missing. Hint: multiply the normalised latent by norm_weight"),
+                (_rms(h @ w) * gain if d == d_c else None, "the weight is used untransposed. Hint: like an nn.Linear "
+                                                           "weight, w_dkv is stored (d_c, d): c = h @ w_dkv.T"),
+                (_rms(raw - raw.mean(-1, keepdim=True)) * gain, "the mean was subtracted (that is LayerNorm). Hint: "
+                                                                "RMSNorm only divides by the root mean square; it "
+                                                                "does not centre"),
+                *[(_rms(raw, dims) * gain, wrong_axis) for dims in ((0, 1, 2), (0,), (1,))],
+            ])
             raise _Fail(f"values differ from RMSNorm(h @ w_dkv.T) * norm_weight for h {tuple(h.shape)}. "
                         "Hint: c = h @ w_dkv.T; c * torch.rsqrt(c.pow(2).mean(-1, keepdim=True) + 1e-6) * norm_weight")
         return f"matches RMSNorm(h W_DKV^T) on {len(shapes)} inputs"
@@ -100,15 +100,18 @@ def check_expand_kv(expand_kv: Callable) -> CheckResult:
             v = _expect_tensor(v, want_v.shape, f"v {what}")
             if _close(k, want_k) and _close(v, want_v):
                 continue
-            if d_nope == d_v and _close(k, want_v) and _close(v, want_k):
-                raise _Fail("keys and values are swapped. Hint: in each head's block of rows the first d_nope "
-                            "rows are W_UK,i (keys), the remaining d_v rows W_UV,i (values)")
+            diagnose((k, v), [
+                ((want_v, want_k) if d_nope == d_v else None,
+                 "keys and values are swapped. Hint: in each head's block of rows the first d_nope "
+                 "rows are W_UK,i (keys), the remaining d_v rows W_UV,i (values)"),
+            ], same=lambda a, b: _close(a[0], b[0]) and _close(a[1], b[1]))
             flat = c @ w.T  # (B, T, n_h (d_nope + d_v))
-            k_halves = flat[..., : n_h * d_nope].view(B, T, n_h, d_nope).transpose(1, 2)
-            if _close(k, k_halves):
-                raise _Fail("the rows are split as all keys, then all values. Hint: kv_b_proj's rows are grouped per "
-                            "head, [W_UK,0 ; W_UV,0 ; W_UK,1 ; W_UV,1 ; ...]: view the weight as "
-                            "(n_heads, d_nope + d_v, d_c) before splitting")
+            diagnose(k, [  # the keys alone
+                (flat[..., : n_h * d_nope].view(B, T, n_h, d_nope).transpose(1, 2),  # (B, n_h, T, d_nope)
+                 "the rows are split as all keys, then all values. Hint: kv_b_proj's rows are grouped per "
+                 "head, [W_UK,0 ; W_UV,0 ; W_UK,1 ; W_UV,1 ; ...]: view the weight as "
+                 "(n_heads, d_nope + d_v, d_c) before splitting"),
+            ])
             if _close(k, want_k):
                 raise _Fail(f"the keys are right but the values are not {what}. Hint: the values come from the "
                             "last d_v rows of each head's block, W_UV,i c")
@@ -157,15 +160,15 @@ def check_low_rank_factors(low_rank_factors: Callable) -> CheckResult:
                 continue
             U, S2, Vh = torch.linalg.svd(w, full_matrices=False)
             where = f"for a ({m}, {n}) matrix at rank {r} the error is {err:.4g}; the best possible is {best:.4g}"
-            if _close(prod, U[:, :r] @ Vh[:r]):
-                raise _Fail(f"{where}. Hint: the singular values are missing: w ~ U_r diag(S_r) V_r^T, so fold "
-                            "S_r into one of the factors")
-            if _close(prod, U[:, k - r:] @ torch.diag(S2[k - r:]) @ Vh[k - r:]):
-                raise _Fail(f"{where}. Hint: you kept the smallest singular values; torch.linalg.svd sorts them in "
-                            "descending order, so keep the first r")
-            if m >= n and _close(prod, U[:, :r] @ torch.diag(S2[:r]) @ Vh[:, :r].T):
-                raise _Fail(f"{where}. Hint: torch.linalg.svd returns Vh = V^T: the top right singular vectors are "
-                            "its first r ROWS, Vh[:r]")
+            diagnose(prod, [
+                (U[:, :r] @ Vh[:r], "the singular values are missing: w ~ U_r diag(S_r) V_r^T, so fold "
+                                    "S_r into one of the factors"),
+                (U[:, k - r:] @ torch.diag(S2[k - r:]) @ Vh[k - r:], "you kept the smallest singular values; "
+                                                                     "torch.linalg.svd sorts them in descending "
+                                                                     "order, so keep the first r"),
+                (U[:, :r] @ torch.diag(S2[:r]) @ Vh[:, :r].T if m >= n else None,  # (m, k): k = n only if m >= n
+                 "torch.linalg.svd returns Vh = V^T: the top right singular vectors are its first r ROWS, Vh[:r]"),
+            ], prefix=f"{where}. Hint: ")
             raise _Fail(f"{where}. Hint: U, S, Vh = torch.linalg.svd(w, full_matrices=False); keep the top r of each")
         return f"reaches the best possible error (Eckart-Young) on {len(shapes)} matrices"
 
@@ -208,16 +211,15 @@ def check_rank_for_energy(rank_for_energy: Callable) -> CheckResult:
                 continue
             where = f"for s = {[round(v, 3) for v in s.tolist()[:6]]}{' ...' if len(s) > 6 else ''} and fraction {fraction} " \
                     f"you return {got}; expected {want}"
-            plain = s.double().cumsum(0) / s.double().sum()
-            if got == int((plain < fraction - 1e-12).sum()) + 1:
-                raise _Fail(f"{where}. Hint: energy is the sum of SQUARED singular values")
-            if got == want - 1:
-                raise _Fail(f"{where}. Hint: return how many singular values you keep (a count starting at 1), "
-                            "not the index of the last one")
-            kept = s.double().pow(2).cumsum(0) / s.double().pow(2).sum()
-            if got == int((kept <= fraction).sum()) + 1:
-                raise _Fail(f"{where}. Hint: keep the smallest r whose energy reaches the fraction (>=), "
-                            "not the first that exceeds it")
+            plain = s.double().cumsum(0) / s.double().sum()  # (len(s),): unsquared
+            kept = s.double().pow(2).cumsum(0) / s.double().pow(2).sum()  # (len(s),)
+            diagnose(got, [
+                (int((plain < fraction - 1e-12).sum()) + 1, "energy is the sum of SQUARED singular values"),
+                (want - 1, "return how many singular values you keep (a count starting at 1), "
+                           "not the index of the last one"),
+                (int((kept <= fraction).sum()) + 1, "keep the smallest r whose energy reaches the fraction (>=), "
+                                                    "not the first that exceeds it"),
+            ], same=operator.eq, prefix=f"{where}. Hint: ")
             raise _Fail(f"{where}. Hint: kept = cumsum(s^2) / sum(s^2); the answer is 1 + the number of ranks "
                         "with kept < fraction")
         return f"right on {len(cases)} spectra"

@@ -14,8 +14,8 @@ from collections.abc import Callable
 
 import torch
 
-from ..layers import RotaryEmbedding, softmax_scale
-from ._core import CheckResult, _close, _expect_tensor, _Fail, _run
+from ...layers import RotaryEmbedding, softmax_scale
+from ._core import CheckResult, _close, _expect_tensor, _Fail, _run, diagnose
 
 
 # ---------------------------------------------------------------- 03.1
@@ -50,21 +50,23 @@ def check_rope_pairs(rope_pairs: Callable) -> CheckResult:
             if _close(got, want):
                 continue
             inv_freq = base ** (-torch.arange(0, d, 2, dtype=torch.float64) / d)  # (d/2,)
-            if _close(got, x):
-                raise _Fail("the output equals the input. Hint: rotate pair i by the angle position * base^(-2i/d)")
-            if _close(got, RotaryEmbedding(d, base, interleave=False)(x, positions)):
-                raise _Fail("that is the halves convention (x_i paired with x_{i+d/2}, as in GPT-NeoX and Llama). "
-                            "Hint: DeepSeek rotates adjacent pairs (x0, x1), (x2, x3), ...: x[..., 0::2] and x[..., 1::2]")
-            if _close(got, _rope_by_hand(x, positions, inv_freq, back_in_place=False)):
-                raise _Fail("the rotated pairs are not put back in place: all first members come before all second "
-                            "members. Hint: pair i goes back to positions 2i and 2i+1: torch.stack((r1, r2), -1).flatten(-2)")
-            if _close(got, reference_rope_pairs(x, -positions, base)):
-                raise _Fail("the pairs rotate the wrong way. Hint: (x1, x2) -> (x1 cos - x2 sin, x1 sin + x2 cos)")
-            if _close(got, _rope_by_hand(x, positions, base ** (-torch.arange(d // 2, dtype=torch.float64) / d))):
-                raise _Fail("the frequencies are off: pair i turns at base^(-i/d). Hint: the exponent is -2i/d "
-                            "(torch.arange(0, d, 2) / d)")
-            if _close(got, reference_rope_pairs(x, positions + 1, base)):
-                raise _Fail("every position is off by one. Hint: positions are used as given (the first token is 0)")
+            half_freq = base ** (-torch.arange(d // 2, dtype=torch.float64) / d)  # (d/2,): base^(-i/d)
+            diagnose(got, [
+                (x, "the output equals the input. Hint: rotate pair i by the angle position * base^(-2i/d)"),
+                (RotaryEmbedding(d, base, interleave=False)(x, positions),
+                 "that is the halves convention (x_i paired with x_{i+d/2}, as in GPT-NeoX and Llama). "
+                 "Hint: DeepSeek rotates adjacent pairs (x0, x1), (x2, x3), ...: x[..., 0::2] and x[..., 1::2]"),
+                (_rope_by_hand(x, positions, inv_freq, back_in_place=False),
+                 "the rotated pairs are not put back in place: all first members come before all second "
+                 "members. Hint: pair i goes back to positions 2i and 2i+1: torch.stack((r1, r2), -1).flatten(-2)"),
+                (reference_rope_pairs(x, -positions, base),
+                 "the pairs rotate the wrong way. Hint: (x1, x2) -> (x1 cos - x2 sin, x1 sin + x2 cos)"),
+                (_rope_by_hand(x, positions, half_freq),
+                 "the frequencies are off: pair i turns at base^(-i/d). Hint: the exponent is -2i/d "
+                 "(torch.arange(0, d, 2) / d)"),
+                (reference_rope_pairs(x, positions + 1, base),
+                 "every position is off by one. Hint: positions are used as given (the first token is 0)"),
+            ])
             raise _Fail(f"values differ from the reference for x {tuple(shape)} and base {base:g}. Hint: angle = "
                         "position * base^(-2i/d) for pair i; (x1, x2) -> (x1 cos - x2 sin, x1 sin + x2 cos)")
         return f"matches the pairwise rotary embedding on {len(cases)} inputs"
@@ -102,22 +104,24 @@ def check_decoupled_scores(decoupled_scores: Callable) -> CheckResult:
             got = _expect_tensor(got, want.shape, f"the scores for T = {T} queries and S = {S} keys")
             if _close(got, want):
                 continue
-            content = q_c @ k_c.transpose(-2, -1)
-            position = q_r @ k_r[:, None].transpose(-2, -1)
-            if _close(got, content * (d_nope + d_rope) ** -0.5) or _close(got, content * d_nope ** -0.5):
-                raise _Fail("the rotary part is missing. Hint: add q_r . k_r (the shared rope key) to the content "
-                            "score q_c . k_c")
-            if _close(got, content + position):
-                raise _Fail(f"the scores are not scaled. Hint: multiply by 1/sqrt(d_nope + d_rope) = "
-                            f"1/sqrt({d_nope + d_rope})")
-            if _close(got, (content + position) * d_nope ** -0.5):
-                raise _Fail(f"the scale is 1/sqrt(d_nope). Hint: a query/key head is d_nope + d_rope = "
-                            f"{d_nope + d_rope} wide, so the scale is 1/sqrt(d_nope + d_rope)")
-            if _close(got, content * d_nope ** -0.5 + position * d_rope ** -0.5):
-                raise _Fail("each part has its own scale. Hint: one score, one scale: "
-                            "(q_c . k_c + q_r . k_r) / sqrt(d_nope + d_rope)")
-            if T == S and _close(got, want.transpose(-2, -1)):
-                raise _Fail("rows and columns are swapped. Hint: scores[..., i, j] = q_i . k_j (queries are rows)")
+            content = q_c @ k_c.transpose(-2, -1)  # (B, n_h, T, S)
+            position = q_r @ k_r[:, None].transpose(-2, -1)  # (B, n_h, T, S)
+            no_rotary = ("the rotary part is missing. Hint: add q_r . k_r (the shared rope key) to the content "
+                         "score q_c . k_c")
+            diagnose(got, [
+                (content * (d_nope + d_rope) ** -0.5, no_rotary),
+                (content * d_nope ** -0.5, no_rotary),
+                (content + position, f"the scores are not scaled. Hint: multiply by 1/sqrt(d_nope + d_rope) = "
+                                     f"1/sqrt({d_nope + d_rope})"),
+                ((content + position) * d_nope ** -0.5, f"the scale is 1/sqrt(d_nope). Hint: a query/key head is "
+                                                        f"d_nope + d_rope = {d_nope + d_rope} wide, so the scale "
+                                                        "is 1/sqrt(d_nope + d_rope)"),
+                (content * d_nope ** -0.5 + position * d_rope ** -0.5, "each part has its own scale. Hint: one "
+                                                                       "score, one scale: (q_c . k_c + q_r . k_r) "
+                                                                       "/ sqrt(d_nope + d_rope)"),
+                (want.transpose(-2, -1) if T == S else None,
+                 "rows and columns are swapped. Hint: scores[..., i, j] = q_i . k_j (queries are rows)"),
+            ])
             raise _Fail(f"values differ from (q_c k_c^T + q_r k_r^T) / sqrt(d_nope + d_rope) for shapes "
                         f"(B, n_h, T, S) = {(B, n_h, T, S)}. Hint: compute both dot products per head, add, scale once")
         return f"matches the decoupled score on {len(shapes)} inputs"
@@ -154,17 +158,19 @@ def check_absorbed_content_scores(absorbed_content_scores: Callable) -> CheckRes
             got = _expect_tensor(got, want.shape, f"the scores for q_c {tuple(q_c.shape)} and c_kv {tuple(c_kv.shape)}")
             if _close(got, want):
                 continue
-            if d_nope == d_c and _close(got, torch.einsum("bhtn,hcn->bhtc", q_c, w_uk) @ c_kv[:, None].transpose(-2, -1)):
-                raise _Fail("W_UK is used the wrong way round. Hint: k_C = W_UK c with W_UK of shape (d_nope, d_c), so "
-                            "q . k_C = (W_UK^T q) . c: contract q_c with the d_nope axis, einsum('bhtn,hnc->bhtc')")
-            if _close(got, torch.einsum("bhtn,nc->bhtc", q_c, w_uk[0]) @ c_kv[:, None].transpose(-2, -1)):
-                raise _Fail("every head used head 0's W_UK. Hint: each head has its own W_UK,i: keep the head axis")
-            if _close(got, torch.einsum("bhtn,gnc->bhtc", q_c, w_uk) @ c_kv[:, None].transpose(-2, -1)):
-                raise _Fail("every head used the sum of all heads' W_UK. Hint: head h absorbs only w_uk[h]")
-            for factor in ((d_nope) ** -0.5, (d_c) ** -0.5):
-                if _close(got, want * factor):
-                    raise _Fail("the scores are scaled. Hint: return the raw content part q_C . k_C; the softmax "
-                                "scale is applied later, to the sum of both parts")
+            c_t = c_kv[:, None].transpose(-2, -1)  # (B, 1, d_c, S): shared by the heads
+            scaled = ("the scores are scaled. Hint: return the raw content part q_C . k_C; the softmax "
+                      "scale is applied later, to the sum of both parts")
+            diagnose(got, [
+                (torch.einsum("bhtn,hcn->bhtc", q_c, w_uk) @ c_t if d_nope == d_c else None,
+                 "W_UK is used the wrong way round. Hint: k_C = W_UK c with W_UK of shape (d_nope, d_c), so "
+                 "q . k_C = (W_UK^T q) . c: contract q_c with the d_nope axis, einsum('bhtn,hnc->bhtc')"),
+                (torch.einsum("bhtn,nc->bhtc", q_c, w_uk[0]) @ c_t,
+                 "every head used head 0's W_UK. Hint: each head has its own W_UK,i: keep the head axis"),
+                (torch.einsum("bhtn,gnc->bhtc", q_c, w_uk) @ c_t,
+                 "every head used the sum of all heads' W_UK. Hint: head h absorbs only w_uk[h]"),
+                *[(want * factor, scaled) for factor in (d_nope ** -0.5, d_c ** -0.5)],
+            ])
             raise _Fail(f"values differ from q_C . (W_UK c_KV) for (B, n_h, T, S) = {(B, n_h, T, S)}. Hint: "
                         "q_latent = einsum('bhtn,hnc->bhtc', q_c, w_uk), then q_latent @ c_kv[:, None].transpose(-2, -1)")
         return f"equals q_C . k_C with the keys never expanded, on {len(shapes)} inputs"
@@ -193,7 +199,10 @@ def check_yarn_softmax_scale(yarn_softmax_scale: Callable) -> CheckResult:
                 a = a.item()
             return isinstance(a, (int, float)) and not isinstance(a, bool) and math.isclose(a, b, rel_tol=1e-6)
 
-        if all(same(a, b) for a, b in zip(got, want, strict=True)):
+        def all_same(answers, values) -> bool:
+            return all(same(a, b) for a, b in zip(answers, values, strict=True))
+
+        if all_same(got, want):
             return f"right on {len(cases)} settings: DeepSeek-V3's scale is {want[0]:.5f}"
         i = next(i for i in range(len(cases)) if not same(got[i], want[i]))
         where = f"for {names[i]} you get {got[i]!r}; expected {want[i]:.6g}"
@@ -212,9 +221,8 @@ def check_yarn_softmax_scale(yarn_softmax_scale: Callable) -> CheckResult:
             (lambda d, f, a: d ** 0.5 * m(f, a) ** 2, "the base scale is 1/sqrt(qk_head_dim), not sqrt(qk_head_dim)"),
             (lambda d, f, a: m(f, a) ** 2 / d, "the base scale is 1/sqrt(qk_head_dim), not 1/qk_head_dim"),
         ]
-        for mistake, hint in mistakes:
-            if all(same(a, mistake(*args)) for a, args in zip(got, cases, strict=True)):
-                raise _Fail(f"{where}. Hint: {hint}")
+        wrong = [([mistake(*args) for args in cases], hint) for mistake, hint in mistakes]
+        diagnose(got, wrong, same=all_same, prefix=f"{where}. Hint: ")
         raise _Fail(f"{where}. Hint: qk_head_dim^-0.5 * (0.1 * mscale_all_dim * ln(factor) + 1)^2, "
                     "and just qk_head_dim^-0.5 when factor <= 1")
 

@@ -14,18 +14,20 @@ the notebook keeps running. Lessons that build on an exercise use
 :func:`use_or_fallback` to continue with the library's version until the
 learner's one passes.
 
-Hints are diagnoses, not the answer: each checker tries the mistakes learners
-make most (a missing mask, the wrong scale, a transpose, K without V) and says
-which one it sees. Checkers live in one module per lesson (``lesson01.py``, ...)
-and are all importable from ``mlakit.checks``; a checker's docstring starts
+Hints are diagnoses, not the answer: each checker computes what the mistakes
+learners make most would give (a missing mask, the wrong scale, a transpose, K
+without V) and :func:`diagnose` names the first one the learner's answer
+equals. Checkers live in one module per lesson (``lesson01.py``, ...) and are
+all importable from :mod:`mlakit.course.checks`; a checker's docstring starts
 with ``Exercise NN.k:``, which the grader reads.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -85,6 +87,25 @@ def _close(a: torch.Tensor, b: torch.Tensor, atol: float = 1e-5, rtol: float = 1
     if not torch.equal(torch.isfinite(a), finite):
         return False
     return bool(torch.allclose(a[finite], b[finite], atol=atol, rtol=rtol))
+
+
+def diagnose(answer: Any, mistakes: Iterable[tuple[Any, str]], same: Callable[[Any, Any], bool] = _close,
+             prefix: str = "") -> None:
+    """Fail with the hint of the first known mistake the answer equals; return when it equals none.
+
+    The diagnosis ladder of every checker. ``mistakes`` holds (variant, hint)
+    pairs, most telling first: a variant is what one typical mistake computes
+    (a tensor, a number, a list of them, or the keyword switches of a
+    ``_variant(..., **switches)`` function), and ``same(answer, variant)`` says
+    whether the learner's answer equals it (by default :func:`_close`, for
+    tensors). A variant of ``None`` is skipped: write ``value if condition else
+    None`` for a mistake that these inputs cannot show (a transposed weight that
+    only runs when it is square). The failure reads ``prefix + hint``; when no
+    variant matches, the checker goes on to its general hint.
+    """
+    for variant, hint in mistakes:
+        if variant is not None and same(answer, variant):
+            raise _Fail(prefix + hint)
 
 
 def use_or_fallback(result: CheckResult, learner: Callable, reference: Callable) -> Callable:

@@ -8,14 +8,15 @@ cached rows [c_KV ; k_R] of d_c + d_rope numbers per token and layer.
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Callable
 
 import torch
 from torch.overrides import TorchFunctionMode
 
-from ..attention import causal_mask
-from ..config import ModelConfig
-from ._core import CheckResult, _close, _expect_tensor, _Fail, _run
+from ...attention import causal_mask
+from ...config import ModelConfig
+from ._core import CheckResult, _close, _expect_tensor, _Fail, _run, diagnose
 
 
 # ---------------------------------------------------------------- helpers
@@ -99,29 +100,30 @@ def check_absorbed_attention(absorbed_attention: Callable) -> CheckResult:
                                      and math.prod(s) >= n_h * S * d_v), None)
                 continue
             args = (q_lat, q_rope, latent, w_uv)
-            if _close(got, _absorbed_variant(*args, scale, rope=False)):
-                raise _Fail("the scores leave out the rotary part. Hint: each cached row is [c_KV ; k_R]; the score "
-                            "is q_latent . c_KV + q_rope . k_R, i.e. [q_latent ; q_rope] against the whole row")
-            if _close(got, _absorbed_variant(*args, 1.0)):
-                raise _Fail("the scores are not scaled. Hint: multiply q . k by `scale` before the softmax")
-            for wrong, name in (((d_c + d_rope) ** -0.5, "1/sqrt(d_c + d_rope)"), (d_c ** -0.5, "1/sqrt(d_c)")):
-                if _close(got, _absorbed_variant(*args, wrong)):
-                    raise _Fail(f"the scores are scaled by {name}, the width of the latent. Hint: use the `scale` "
-                                "argument: absorption must not change the scores, so the scale stays that of the "
-                                "naive path, 1/sqrt(d_nope + d_rope)")
-            if T > 1 and _close(got, _absorbed_variant(*args, scale, mask=False)):
-                raise _Fail(f"with T={T} queries the earlier queries see later positions. Hint: query i sits at "
-                            "position S - T + i; mask the scores with mlakit.attention.causal_mask(T, S)")
-            for dim in (-2, 1):
-                if (T > 1 or dim == 1) and _close(got, _absorbed_variant(*args, scale, softmax_dim=dim)):
-                    raise _Fail("the softmax runs over the wrong axis. Hint: each query's weights sum to 1 over "
-                                "the S cached positions, the last axis of the scores")
-            if d_v == d_c and _close(got, _absorbed_variant(*args, scale, w_uv_eq="bhtc,hcv->bhtv")):
-                raise _Fail("W_UV is applied along the wrong axis (a transpose). Hint: W_UV[h] has shape (d_v, d_c): "
-                            "v = W_UV[h] o, i.e. einsum('bhtc,hvc->bhtv', o_latent, w_uv)")
-            if _close(got, _absorbed_variant(*args, scale, w_uv_eq="bhtc,gvc->bhtv")):
-                raise _Fail("every head used the sum of all heads' W_UV. Hint: head h's latent output goes "
-                            "through its own W_UV[h]: keep the head letter in both operands")
+            wrong_axis = ("the softmax runs over the wrong axis. Hint: each query's weights sum to 1 over "
+                          "the S cached positions, the last axis of the scores")
+            diagnose(got, [
+                (_absorbed_variant(*args, scale, rope=False),
+                 "the scores leave out the rotary part. Hint: each cached row is [c_KV ; k_R]; the score "
+                 "is q_latent . c_KV + q_rope . k_R, i.e. [q_latent ; q_rope] against the whole row"),
+                (_absorbed_variant(*args, 1.0),
+                 "the scores are not scaled. Hint: multiply q . k by `scale` before the softmax"),
+                *[(_absorbed_variant(*args, wrong), f"the scores are scaled by {name}, the width of the latent. Hint: "
+                                                    "use the `scale` argument: absorption must not change the scores, "
+                                                    "so the scale stays that of the naive path, 1/sqrt(d_nope + d_rope)")
+                  for wrong, name in (((d_c + d_rope) ** -0.5, "1/sqrt(d_c + d_rope)"), (d_c ** -0.5, "1/sqrt(d_c)"))],
+                (_absorbed_variant(*args, scale, mask=False) if T > 1 else None,
+                 f"with T={T} queries the earlier queries see later positions. Hint: query i sits at "
+                 "position S - T + i; mask the scores with mlakit.attention.causal_mask(T, S)"),
+                *[(_absorbed_variant(*args, scale, softmax_dim=dim) if T > 1 or dim == 1 else None, wrong_axis)
+                  for dim in (-2, 1)],
+                (_absorbed_variant(*args, scale, w_uv_eq="bhtc,hcv->bhtv") if d_v == d_c else None,
+                 "W_UV is applied along the wrong axis (a transpose). Hint: W_UV[h] has shape (d_v, d_c): "
+                 "v = W_UV[h] o, i.e. einsum('bhtc,hvc->bhtv', o_latent, w_uv)"),
+                (_absorbed_variant(*args, scale, w_uv_eq="bhtc,gvc->bhtv"),
+                 "every head used the sum of all heads' W_UV. Hint: head h's latent output goes "
+                 "through its own W_UV[h]: keep the head letter in both operands"),
+            ])
             raise _Fail(f"values differ from the reference for T={T} queries over S={S} cached rows. Hint: scores = "
                         "[q_latent ; q_rope] . latent_row * scale, causal mask, softmax over S, o = sum p c_KV "
                         "(first d_c columns), then W_UV[h] o for each head")
@@ -170,19 +172,22 @@ def check_merge_output(merge_output: Callable) -> CheckResult:
             got = _expect_tensor(got, want.shape, f"W_OV for w_uv {tuple(w_uv.shape)} and w_o {tuple(w_o.shape)}")
             if _close(got, want):
                 continue
-            if _close(got, torch.einsum("dvh,hvc->hdc", w_o.view(d, d_v, n_h), w_uv)):
-                raise _Fail("the heads' blocks of W_O are taken interleaved (view(d, d_v, n_h)). Hint: o_proj's "
-                            "input is the heads side by side, head h in columns h*d_v ... (h+1)*d_v - 1: "
-                            "w_o.view(d, n_h, d_v)")
-            if d == n_h * d_v and _close(got, torch.einsum("hvd,hvc->hdc", w_o.view(n_h, d_v, d), w_uv)):
-                raise _Fail("you split W_O into blocks of rows. Hint: o_proj.weight has shape (d, n_h * d_v) "
-                            "(out, in): head h owns a block of COLUMNS, w_o[:, h*d_v:(h+1)*d_v]")
-            if d_v == d_c and _close(got, torch.einsum("dhv,hcv->hdc", w_o.view(d, n_h, d_v), w_uv)):
-                raise _Fail("W_UV[h] is used transposed. Hint: W_UV[h] has shape (d_v, d_c) and maps a latent to a "
-                            "value; W_OV[h] = W_O[:, block] @ W_UV[h]")
-            if _close(got, torch.einsum("dhv,gvc->hdc", w_o.view(d, n_h, d_v), w_uv)):
-                raise _Fail("each head's block of W_O was multiplied by the sum of all heads' W_UV. Hint: block h "
-                            "goes with W_UV[h] only: keep the head letter in both operands")
+            w_o_heads = w_o.view(d, n_h, d_v)  # (d, n_h, d_v)
+            diagnose(got, [
+                (torch.einsum("dvh,hvc->hdc", w_o.view(d, d_v, n_h), w_uv),
+                 "the heads' blocks of W_O are taken interleaved (view(d, d_v, n_h)). Hint: o_proj's "
+                 "input is the heads side by side, head h in columns h*d_v ... (h+1)*d_v - 1: "
+                 "w_o.view(d, n_h, d_v)"),
+                (torch.einsum("hvd,hvc->hdc", w_o.view(n_h, d_v, d), w_uv) if d == n_h * d_v else None,
+                 "you split W_O into blocks of rows. Hint: o_proj.weight has shape (d, n_h * d_v) "
+                 "(out, in): head h owns a block of COLUMNS, w_o[:, h*d_v:(h+1)*d_v]"),
+                (torch.einsum("dhv,hcv->hdc", w_o_heads, w_uv) if d_v == d_c else None,
+                 "W_UV[h] is used transposed. Hint: W_UV[h] has shape (d_v, d_c) and maps a latent to a "
+                 "value; W_OV[h] = W_O[:, block] @ W_UV[h]"),
+                (torch.einsum("dhv,gvc->hdc", w_o_heads, w_uv),
+                 "each head's block of W_O was multiplied by the sum of all heads' W_UV. Hint: block h "
+                 "goes with W_UV[h] only: keep the head letter in both operands"),
+            ])
             raise _Fail(f"values differ from W_O[:, block h] @ W_UV[h] for w_uv {tuple(w_uv.shape)} and w_o "
                         f"{tuple(w_o.shape)}. Hint: einsum('dhv,hvc->hdc', w_o.view(d, n_h, d_v), w_uv)")
         return f"matches W_O[:, block h] W_UV[h] on {len(shapes)} inputs"
@@ -245,13 +250,15 @@ def check_latent_cache_bytes(latent_cache_bytes: Callable) -> CheckResult:
         def same(a, b) -> bool:
             return isinstance(a, (int, float)) and not isinstance(a, bool) and math.isclose(a, b, rel_tol=1e-9)
 
-        if all(same(a, b) for a, b in zip(got, want, strict=True)):
+        def all_same(answers, values) -> bool:
+            return all(same(a, b) for a, b in zip(answers, values, strict=True))
+
+        if all_same(got, want):
             return f"right on {len(cases)} configurations, DeepSeek-V3 at 128k and V2's 6-bit cache included"
         i = next(i for i in range(len(cases)) if not same(got[i], want[i]))
         where = f"for {names[i]} you get {got[i]!r}; expected {want[i]:,.0f}"
-        for mistake, hint in _latent_mistakes():
-            if all(same(a, mistake(*args)) for a, args in zip(got, cases, strict=True)):
-                raise _Fail(f"{where}. Hint: {hint}")
+        wrong = [([mistake(*args) for args in cases], hint) for mistake, hint in _latent_mistakes()]
+        diagnose(got, wrong, same=all_same, prefix=f"{where}. Hint: ")
         raise _Fail(f"{where}. Hint: (kv_lora_rank + qk_rope_head_dim) x num_hidden_layers x seq_len x batch_size "
                     "x bytes_per_element")
 
@@ -294,21 +301,25 @@ def check_context_that_fits(context_that_fits: Callable) -> CheckResult:
             if got == want:
                 continue
             used = reference_latent_cache_bytes(config, got, batch, nbytes)
-            if got == want + 1 and used > budget:
-                raise _Fail(f"{where} you return {got:,} tokens, whose cache needs {used:,.0f} bytes, more than the "
-                            "budget. Hint: round down (//), not up")
-            if got == want - 1 and reference_latent_cache_bytes(config, want, batch, nbytes) == budget:
-                raise _Fail(f"{where} you return {got:,}; {want:,} tokens fill the budget exactly and still fit. "
-                            "Hint: a cache of exactly budget_bytes fits: use <= (or plain //)")
-            if got == reference_context_that_fits(config, budget, 1, nbytes) and batch > 1:
-                raise _Fail(f"{where} you return {got:,} tokens, one sequence's worth. Hint: the {batch} sequences "
-                            "of the batch each need their own cache: divide by batch_size too")
-            if got == int(budget // ((config.kv_lora_rank + config.qk_rope_head_dim) * batch * nbytes)):
-                raise _Fail(f"{where} you return {got:,}, a context for one layer. Hint: every one of the "
-                            f"{config.num_hidden_layers} layers caches each token")
-            if got == int(budget // (config.kv_lora_rank * config.num_hidden_layers * batch * nbytes)):
-                raise _Fail(f"{where} you return {got:,}. Hint: each cached row also holds the rope key: "
-                            "kv_lora_rank + qk_rope_head_dim numbers per token and layer")
+            exact = reference_latent_cache_bytes(config, want, batch, nbytes) == budget
+            row, L = config.kv_lora_rank + config.qk_rope_head_dim, config.num_hidden_layers
+            diagnose(got, [
+                (want + 1 if used > budget else None,
+                 f"{where} you return {got:,} tokens, whose cache needs {used:,.0f} bytes, more than the "
+                 "budget. Hint: round down (//), not up"),
+                (want - 1 if exact else None,
+                 f"{where} you return {got:,}; {want:,} tokens fill the budget exactly and still fit. "
+                 "Hint: a cache of exactly budget_bytes fits: use <= (or plain //)"),
+                (reference_context_that_fits(config, budget, 1, nbytes) if batch > 1 else None,
+                 f"{where} you return {got:,} tokens, one sequence's worth. Hint: the {batch} sequences "
+                 "of the batch each need their own cache: divide by batch_size too"),
+                (int(budget // (row * batch * nbytes)),
+                 f"{where} you return {got:,}, a context for one layer. Hint: every one of the "
+                 f"{L} layers caches each token"),
+                (int(budget // (config.kv_lora_rank * L * batch * nbytes)),
+                 f"{where} you return {got:,}. Hint: each cached row also holds the rope key: "
+                 "kv_lora_rank + qk_rope_head_dim numbers per token and layer"),
+            ], same=operator.eq)
             raise _Fail(f"{where} you return {got!r}; expected {want:,}. Hint: budget_bytes // (bytes of one "
                         "token of every sequence over all layers)")
         return f"right on {len(cases)} budgets, exact fits and one-byte-short budgets included"

@@ -1,0 +1,108 @@
+"""Exercise self-checks, one module per lesson (``lesson01.py``, ``lesson02.py``, ...), all importable from here.
+
+See :mod:`mlakit.course.checks._core` for the format every checker follows and
+:func:`~mlakit.course.checks._core.diagnose`, the diagnosis ladder they share.
+Notebooks write ``from mlakit.course import checks`` and
+``checks.check_causal_scores(...)``. Every name is imported explicitly below:
+a new checker is added to its lesson module's ``__all__`` and here (a test
+fails when the two lists differ).
+"""
+
+from ._core import FAIL, NOT_ATTEMPTED, PASS, RESULT_LINE, CheckResult, use_or_fallback
+from .lesson01 import (
+    check_append_kv,
+    check_causal_scores,
+    check_gqa_cache_bytes,
+    check_repeat_kv,
+    reference_append_kv,
+    reference_causal_scores,
+    reference_gqa_cache_bytes,
+    reference_repeat_kv,
+)
+from .lesson02 import (
+    check_compress_kv,
+    check_expand_kv,
+    check_low_rank_factors,
+    check_rank_for_energy,
+    reference_compress_kv,
+    reference_expand_kv,
+    reference_low_rank_factors,
+    reference_rank_for_energy,
+)
+from .lesson03 import (
+    check_absorbed_content_scores,
+    check_decoupled_scores,
+    check_rope_pairs,
+    check_yarn_softmax_scale,
+    reference_absorbed_content_scores,
+    reference_decoupled_scores,
+    reference_rope_pairs,
+    reference_yarn_softmax_scale,
+)
+from .lesson04 import (
+    check_absorbed_attention,
+    check_context_that_fits,
+    check_latent_cache_bytes,
+    check_merge_output,
+    reference_absorbed_attention,
+    reference_context_that_fits,
+    reference_latent_cache_bytes,
+    reference_merge_output,
+)
+from .lesson05 import (
+    check_combine_experts,
+    check_ffn_active_parameters,
+    check_group_limited_mask,
+    check_sigmoid_topk_gate,
+    reference_combine_experts,
+    reference_ffn_active_parameters,
+    reference_group_limited_mask,
+    reference_sigmoid_topk_gate,
+)
+from .lesson06 import (
+    check_bias_update,
+    check_max_violation,
+    check_seq_balance_loss,
+    reference_bias_update,
+    reference_max_violation,
+    reference_seq_balance_loss,
+)
+from .lesson07 import (
+    check_completion_mask,
+    check_lr_schedule,
+    check_mtp_input,
+    check_mtp_loss,
+    reference_completion_mask,
+    reference_lr_schedule,
+    reference_mtp_input,
+    reference_mtp_loss,
+)
+
+__all__ = [
+    # the result format and the fallback
+    "CheckResult", "use_or_fallback", "PASS", "FAIL", "NOT_ATTEMPTED", "RESULT_LINE",
+    # lesson 01: attention and the KV cache
+    "reference_causal_scores", "check_causal_scores", "reference_append_kv", "check_append_kv",
+    "reference_gqa_cache_bytes", "check_gqa_cache_bytes", "reference_repeat_kv", "check_repeat_kv",
+    # lesson 02: MLA's low-rank compression
+    "reference_compress_kv", "check_compress_kv", "reference_expand_kv", "check_expand_kv",
+    "reference_low_rank_factors", "check_low_rank_factors", "reference_rank_for_energy", "check_rank_for_energy",
+    # lesson 03: MLA's decoupled RoPE
+    "reference_rope_pairs", "check_rope_pairs", "reference_decoupled_scores", "check_decoupled_scores",
+    "reference_absorbed_content_scores", "check_absorbed_content_scores", "reference_yarn_softmax_scale",
+    "check_yarn_softmax_scale",
+    # lesson 04: MLA inference
+    "reference_absorbed_attention", "check_absorbed_attention", "reference_merge_output", "check_merge_output",
+    "reference_latent_cache_bytes", "check_latent_cache_bytes", "reference_context_that_fits",
+    "check_context_that_fits",
+    # lesson 05: DeepSeekMoE
+    "reference_sigmoid_topk_gate", "check_sigmoid_topk_gate", "reference_group_limited_mask",
+    "check_group_limited_mask", "reference_ffn_active_parameters", "check_ffn_active_parameters",
+    "reference_combine_experts", "check_combine_experts",
+    # lesson 06: load balancing
+    "reference_max_violation", "check_max_violation", "reference_bias_update", "check_bias_update",
+    "reference_seq_balance_loss", "check_seq_balance_loss",
+    # lesson 07: the mini-DeepSeek
+    "reference_mtp_input", "check_mtp_input", "reference_mtp_loss", "check_mtp_loss",
+    "reference_completion_mask", "check_completion_mask", "reference_lr_schedule", "check_lr_schedule",
+]
