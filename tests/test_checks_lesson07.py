@@ -11,6 +11,7 @@ from mlakit.course import checks
 from mlakit.course.checks import FAIL, NOT_ATTEMPTED, PASS
 from mlakit.course.checks.lesson07 import _completion_mask, _lr, _mtp_input
 from mlakit.data import AdditionTask, LMBatches, encode_problems
+from mlakit.losses import pretrain_loss
 from mlakit.model import MiniDeepSeek
 from mlakit.tokenizer import CharTokenizer
 from mlakit.train import TrainConfig, lr_at
@@ -38,14 +39,15 @@ def test_mtp_references_give_the_models_mtp_logits_and_loss():
     model = MiniDeepSeek(TINY).eval()
     batch = _batch()
     with torch.no_grad():
-        out = model(batch["input_ids"], targets=batch["targets"], loss_mask=batch["loss_mask"])
+        result = pretrain_loss(model, batch)
+        out = result.output
         h = model.hidden_states(batch["input_ids"])  # (B, T, d)
         mtp = model.mtp[0]
         x = checks.reference_mtp_input(h, batch["input_ids"], model.embed_tokens, mtp.enorm, mtp.hnorm, mtp.eh_proj)
         logits = model.lm_head(mtp.shared_head_norm(mtp.block(x)))  # (B, T - 1, vocab)
     torch.testing.assert_close(logits, out.mtp_logits[0])
     loss = checks.reference_mtp_loss(out.mtp_logits[0], batch["targets"], batch["loss_mask"])
-    torch.testing.assert_close(TINY.mtp_loss_weight * loss, out.losses["mtp"])
+    torch.testing.assert_close(TINY.mtp_loss_weight * loss, result.parts["mtp"])
 
 
 def test_completion_mask_reference_equals_lm_batches():
