@@ -9,7 +9,8 @@ selection bias and routed scaling 2.5, over 4096 tokens; fp32 on the CPU
 (bf16 and fp32 on a GPU when one is present). Peers, with identical weights:
 
 - mlakit loop:    per expert, gather its tokens, run, index_add back;
-- mlakit sorted:  the default: slots sorted by expert, one segment per expert;
+- mlakit sorted:  the default: slots sorted by expert, one segment per expert
+                  (both: the torch backend of mlakit.kernels.moe_experts);
 - transformers eager / grouped_mm: DeepseekV3MoE with experts_implementation
                   "eager" (a loop over the experts that were hit) and
                   "grouped_mm" (sort + torch's grouped matmul);
@@ -53,8 +54,7 @@ def build(device: str, dtype: torch.dtype, tokens: int):
     seed_everything(0)
     ours = DeepSeekMoE(CFG)
     ours.gate.e_score_correction_bias.uniform_(-0.05, 0.05)  # a bias that changes the selection
-    ours = ours.to(device, dtype)
-    ours.gate.e_score_correction_bias.data = ours.gate.e_score_correction_bias.float()  # routing stays float32
+    ours = ours.to(device, dtype)  # the router's bias stays float32 under any dtype
     hf = {}
     for impl in ("eager", "grouped_mm"):
         layer = DeepseekV3MoE(transformers_config(CFG, experts_implementation=impl)).to(device, dtype)
@@ -77,8 +77,8 @@ def build(device: str, dtype: torch.dtype, tokens: int):
 
     peers = {
         "dense floor": (floor, x_rows),
-        "mlakit loop": (lambda inp: ours(inp, dispatch="loop"), x),
-        "mlakit sorted": (lambda inp: ours(inp, dispatch="sorted"), x),
+        "mlakit loop": (lambda inp: ours(inp, dispatch="loop", backend="torch"), x),
+        "mlakit sorted": (lambda inp: ours(inp, dispatch="sorted", backend="torch"), x),
         "transformers eager": (hf["eager"], x),
         "transformers grouped_mm": (hf["grouped_mm"], x),
     }

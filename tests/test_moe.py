@@ -11,6 +11,7 @@ from mlakit.moe import (
     DeepSeekMoE,
     GroupedSwiGLU,
     LoadTracker,
+    RoutedExperts,
     Router,
     dispatch_loop,
     dispatch_sorted,
@@ -337,7 +338,90 @@ def test_shapes_dtypes_and_shared_experts():
     assert routing16.weights.dtype == torch.float32
 
 
+# ------------------------------------------------------------ initialisation
+def test_experts_built_alone_equal_the_same_experts_of_the_full_layer():
+    """Each expert has its own seed: a slice built on another process (expert parallelism) is the full layer's."""
+    cfg = moe_config(n_routed_experts=8, n_group=2, topk_group=1, num_experts_per_tok=2)
+    torch.manual_seed(1)
+    full = RoutedExperts(cfg, seed=1234)
+    torch.manual_seed(2)  # the global generator plays no part once the seed is given
+    part = RoutedExperts(cfg, first_expert=4, num_local_experts=4, seed=1234)
+    assert part.gate_up_proj.shape == (4, 32, 32) and part.down_proj.shape == (4, 32, 16)
+    assert torch.equal(part.gate_up_proj, full.gate_up_proj[4:8])
+    assert torch.equal(part.down_proj, full.down_proj[4:8])
+    middle = RoutedExperts(cfg, first_expert=2, num_local_experts=3, seed=1234)
+    assert torch.equal(middle.gate_up_proj, full.gate_up_proj[2:5])
+    assert "local=[2, 5)" in repr(middle) and "local" not in repr(full)
+    # global expert ids in, the same outputs as the full layer for the slots routed to the slice
+    x, weights = torch.randn(6, 32), torch.rand(6, 2)
+    indices = torch.tensor([[4, 7], [5, 6], [7, 4], [6, 5], [4, 5], [7, 6]])
+    for dispatch in ("loop", "sorted"):
+        torch.testing.assert_close(part(x, weights, indices, dispatch), full(x, weights, indices, dispatch),
+                                   rtol=0, atol=0)
+    with pytest.raises(ValueError, match=r"experts \[6, 9\) must lie in \[0, 8\)"):
+        RoutedExperts(cfg, first_expert=6, num_local_experts=3)
+
+
+def test_expert_initialisation_is_seeded_distinct_and_keeps_nn_linears_distribution():
+    cfg = moe_config()
+    torch.manual_seed(0)
+    a = DeepSeekMoE(cfg)
+    torch.manual_seed(0)
+    b = DeepSeekMoE(cfg)
+    for (name, p), q in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        assert torch.equal(p, q), name  # torch.manual_seed still makes a layer reproducible
+    assert a.experts.seed == b.experts.seed
+    assert not torch.equal(DeepSeekMoE(cfg).experts.gate_up_proj, a.experts.gate_up_proj)  # a new base seed
+    assert not torch.equal(RoutedExperts(cfg, seed=1).down_proj, RoutedExperts(cfg, seed=2).down_proj)
+    experts = RoutedExperts(moe_config(hidden_size=64, moe_intermediate_size=48), seed=7)
+    for w, fan_in in ((experts.gate_up_proj, 64), (experts.down_proj, 48)):
+        bound = fan_in ** -0.5  # nn.Linear's default: uniform(-1/sqrt(fan_in), 1/sqrt(fan_in))
+        assert w.abs().max() <= bound
+        assert w.std().item() == pytest.approx(bound / 3 ** 0.5, rel=0.02)  # the std of that uniform
+        flat = w.flatten(1)
+        assert all(not torch.equal(flat[i], flat[j]) for i in range(len(flat)) for j in range(i))  # experts differ
+    assert not torch.equal(experts.gate_up_proj[0, :48], experts.gate_up_proj[0, 48:])  # gate and up rows too
+
+
+def test_experts_on_the_meta_device_draw_nothing():
+    with torch.device("meta"):
+        moe = DeepSeekMoE(moe_config(n_routed_experts=256, n_group=8, topk_group=4, hidden_size=1024,
+                                     moe_intermediate_size=512))
+    assert moe.experts.gate_up_proj.is_meta and moe.experts.gate_up_proj.shape == (256, 1024, 1024)
+    assert moe.gate.e_score_correction_bias.is_meta and moe.gate.e_score_correction_bias.dtype == torch.float32
+    moe.to_empty(device="cpu")
+    moe.experts.reset_parameters()  # after to_empty, as meta initialisation does
+    assert torch.equal(moe.experts.gate_up_proj[3], RoutedExperts(moe.config, first_expert=3, num_local_experts=1,
+                                                                 seed=moe.experts.seed).gate_up_proj[0])
+
+
 # ------------------------------------------------------------------- router
+def test_the_balancing_bias_stays_float32_in_a_bf16_model_and_keeps_small_updates():
+    """model.to(torch.bfloat16) must not cast the bias: at 0.6, bf16's spacing (2^-8) swallows gamma = 1e-3."""
+    cfg = moe_config(n_routed_experts=8, n_group=2, topk_group=1, num_experts_per_tok=2)
+    torch.manual_seed(0)
+    moe = DeepSeekMoE(cfg)
+    with torch.no_grad():
+        moe.gate.e_score_correction_bias.fill_(0.6)
+    moe = moe.to(torch.bfloat16)
+    bias = moe.gate.e_score_correction_bias
+    assert moe.experts.gate_up_proj.dtype == moe.gate.weight.dtype == torch.bfloat16
+    assert bias.dtype == torch.float32
+    assert torch.equal(bias, torch.full((8,), 0.6))  # not rounded through bf16 (0.6015625)
+    counts = torch.tensor([10, 2, 6, 6, 9, 3, 6, 6])  # mean 6: four experts off the mean
+    moe.update_bias(counts, gamma=1e-3)
+    bias = moe.gate.e_score_correction_bias
+    expected = torch.full((8,), 0.6) + 1e-3 * torch.sign(6.0 - counts.float())
+    assert torch.equal(bias, expected)
+    assert (bias != 0.6).sum() == 4
+    for convert in (lambda m: m.half(), lambda m: m.to("cpu", torch.float64), lambda m: m.float()):
+        assert convert(moe).gate.e_score_correction_bias.dtype == torch.float32
+    assert torch.equal(moe.gate.e_score_correction_bias, expected)
+    assert moe.state_dict()["gate.e_score_correction_bias"].dtype == torch.float32
+    out, routing = moe.to(torch.bfloat16)(torch.randn(5, 32, dtype=torch.bfloat16), return_routing=True)
+    assert out.dtype == torch.bfloat16 and routing.scores.dtype == routing.weights.dtype == torch.float32
+
+
 def test_group_limited_routing_never_picks_an_expert_from_a_masked_group():
     cfg = moe_config(n_routed_experts=32, n_group=8, topk_group=3, num_experts_per_tok=6)
     router = make_moe(cfg, bias_std=0.3).gate

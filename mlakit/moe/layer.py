@@ -43,17 +43,19 @@ class DeepSeekMoE(nn.Module):
     ``dispatch`` ("loop" or "sorted") is the strategy of its torch backend,
     ``backend`` ("torch", "triton" or "auto") the implementation; both are
     attributes, set here or by :func:`mlakit.kernels.set_backend`, and
-    overridable per call.
+    overridable per call. ``seed`` is the routed experts' base seed (see
+    :class:`RoutedExperts`; None draws it from torch's global generator).
     """
 
     kernel_ops = ("moe_experts",)
 
-    def __init__(self, config: ModelConfig, dispatch: str = "sorted", backend: str = "auto"):
+    def __init__(self, config: ModelConfig, dispatch: str = "sorted", backend: str = "auto",
+                 seed: int | None = None):
         super().__init__()
         self.config = config
         self.dispatch, self.backend = check_dispatch(dispatch), check_backend(backend)  # fail early on a bad name
         self.gate = Router(config)
-        self.experts = RoutedExperts(config)
+        self.experts = RoutedExperts(config, seed=seed)
         shared = config.moe_intermediate_size * config.n_shared_experts
         self.shared_experts = SwiGLU(config.hidden_size, shared) if shared else None
 

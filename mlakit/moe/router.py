@@ -61,8 +61,9 @@ class RouterOutput:
 class Router(nn.Module):
     """The gate: affinities, group-limited top-k selection with the balancing bias, gate weights.
 
-    ``weight`` (E, H) and the float32 buffer ``e_score_correction_bias`` (E,)
-    carry transformers' names (``mlp.gate.weight``, ``mlp.gate.e_score_correction_bias``).
+    ``weight`` (E, H) and the buffer ``e_score_correction_bias`` (E,), float32
+    whatever the model's dtype, carry transformers' names (``mlp.gate.weight``,
+    ``mlp.gate.e_score_correction_bias``); the affinities are computed in float32.
     ``group_score`` is "top2_sum" (V3) or "max" (V2); None picks the one of the
     released model with this ``scoring_func`` (see the module docstring).
     """
@@ -84,6 +85,23 @@ class Router(nn.Module):
         self.register_buffer("e_score_correction_bias", torch.zeros(self.num_experts, dtype=torch.float32))
         bound = 1 / math.sqrt(config.hidden_size)  # nn.Linear's default initialisation
         nn.init.uniform_(self.weight, -bound, bound)
+
+    def _apply(self, fn, recurse=True):
+        """Move the module as asked, but keep the balancing bias in float32 under any model dtype.
+
+        ``model.to(torch.bfloat16)`` would otherwise cast the bias: bf16 keeps 8
+        significant bits, so near |b| = 0.6 its spacing is 2^-8 = 0.0039, an
+        update of gamma = 1e-3 rounds away and the bias stops moving
+        (DeepSeek's code and transformers keep it in float32 too). The float32 original is moved instead of the cast
+        copy, so no round trip through the narrow dtype rounds it either.
+        """
+        bias = self.e_score_correction_bias
+        super()._apply(fn, recurse)
+        moved = self.e_score_correction_bias
+        if moved.dtype != torch.float32:
+            keep = moved.float() if bias.is_meta and not moved.is_meta else bias.to(moved.device)
+            self._buffers["e_score_correction_bias"] = keep
+        return self
 
     def affinities(self, x: torch.Tensor) -> torch.Tensor:
         """Unbiased affinities s (T, E) in float32 for tokens x (T, H)."""
