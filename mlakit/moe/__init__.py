@@ -11,7 +11,7 @@ One concept per module:
 | module | holds |
 |---|---|
 | :mod:`~mlakit.moe.router` | :class:`Router` (affinities, group-limited top-k with the balancing bias, gate weights), :class:`RouterOutput` |
-| :mod:`~mlakit.moe.experts` | :class:`RoutedExperts` (stacked SwiGLU experts) and the dispatch strategies |
+| :mod:`~mlakit.moe.experts` | :class:`RoutedExperts` (stacked SwiGLU experts, one seed each, a slice for expert parallelism) and the dispatch strategies (through :func:`mlakit.kernels.moe_experts`) |
 | :mod:`~mlakit.moe.layer` | :class:`DeepSeekMoE` (router + routed + shared experts), :func:`iter_moe_layers` |
 | :mod:`~mlakit.moe.balance` | aux-loss-free bias constants, V3's sequence-wise and V2's expert-level balance losses, MaxVio, :class:`LoadTracker` |
 | :mod:`~mlakit.moe.layout` | stacked <-> per-expert (on-disk) state dicts |
@@ -34,6 +34,7 @@ from .experts import (
     RoutedExperts,
     dispatch_loop,
     dispatch_sorted,
+    expert_seed,
     get_dispatch,
     sort_by_expert,
     swiglu,
@@ -47,5 +48,5 @@ __all__ = [
     "sort_by_expert", "GroupedSwiGLU", "get_dispatch", "DISPATCH_FUNCTIONS", "sequence_balance_loss",
     "expert_balance_loss", "max_violation", "LoadTracker", "to_per_expert_state_dict",
     "from_per_expert_state_dict", "iter_moe_layers", "V3_BIAS_UPDATE_SPEED",
-    "V3_SEQ_BALANCE_ALPHA", "V2_EXPERT_BALANCE_ALPHA", "GROUP_TOP", "NORM_EPS", "GROUP_SCORES",
+    "V3_SEQ_BALANCE_ALPHA", "V2_EXPERT_BALANCE_ALPHA", "GROUP_TOP", "NORM_EPS", "GROUP_SCORES", "expert_seed",
 ]

@@ -98,7 +98,7 @@ class RoutedExperts(nn.Module):
                              f"is invalid: the experts [{first_expert}, {first_expert + n}) must lie in [0, {E})")
         self.num_experts, self.hidden_size, self.intermediate_size = E, H, I
         self.first_expert, self.num_local_experts = first_expert, n
-        if seed is None:  # one draw per layer, whatever the slice: every process gets the same base seed
+        if seed is None:  # one draw per layer, whatever the slice: processes seeded alike agree on it
             seed = int(torch.randint(0, 2**62, (), device="cpu").item())
         self.seed = int(seed)
         self.gate_up_proj = nn.Parameter(torch.empty(n, 2 * I, H))
