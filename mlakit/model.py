@@ -190,6 +190,15 @@ class MiniDeepSeek(nn.Module):
 
         return from_pretrained(path, device=device)
 
+    # --------------------------------------------------------------- kernels
+    def set_kernel_backend(self, backend: str) -> MiniDeepSeek:
+        """Set every kernel-backed module (RMSNorm, DeepSeekMoE) to ``backend``: "torch", "triton" or
+        "auto" (:func:`mlakit.kernels.set_backend`). Returns the model."""
+        from .kernels import set_backend
+
+        set_backend(self, backend)
+        return self
+
     # ------------------------------------------------------------ attention
     def set_attention_mode(self, mode: str) -> MiniDeepSeek:
         """Set every MLA layer (MTP blocks included) to ``mode``: "naive", "absorbed" or "auto"
