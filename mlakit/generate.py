@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .losses import token_logprobs
+
 
 def sample_next(logits: torch.Tensor, temperature: float = 0.0, top_k: int | None = None,
                 top_p: float | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -48,34 +50,92 @@ def sample_next(logits: torch.Tensor, temperature: float = 0.0, top_k: int | Non
     return torch.multinomial(logits.softmax(-1), 1, generator=generator)  # (B, 1)
 
 
+@dataclass
+class GenerateOutput:
+    """What :func:`generate` returns with ``return_dict=True``; rows are prompt-major (row i * G + j
+    is sample j of prompt i, G = num_return_sequences), n <= max_new_tokens new tokens."""
+
+    sequences: torch.Tensor  # (B * G, T + n) each prompt, repeated G times, then its new tokens
+    completion_mask: torch.Tensor  # (B * G, n) bool: True on generated tokens up to and including eos
+    logprobs: torch.Tensor  # (B * G, n) float32: log-prob of each new token (see generate); 0 off the mask
+
+
+def check_positions(model: nn.Module, prompt_len: int, max_new_tokens: int) -> None:
+    """Refuse a generation whose positions would pass the model's ``max_position_embeddings``."""
+    limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    if limit is not None and prompt_len + max_new_tokens > limit:
+        raise ValueError(
+            f"a prompt of {prompt_len} tokens plus max_new_tokens={max_new_tokens} needs "
+            f"{prompt_len + max_new_tokens} positions, more than the model's max_position_embeddings={limit}; "
+            "shorten the prompt or ask for fewer new tokens")
+
+
 @torch.no_grad()
 def generate(model: nn.Module, input_ids: torch.Tensor, max_new_tokens: int, use_cache: bool = True,
              temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
              attention_mask: torch.Tensor | None = None, eos_id: int | None = None, pad_id: int = 0,
-             generator: torch.Generator | None = None, streamer=None) -> torch.Tensor:
+             generator: torch.Generator | None = None, streamer=None, num_return_sequences: int = 1,
+             return_dict: bool = False) -> torch.Tensor | GenerateOutput:
     """Extend ``input_ids`` (B, T) by up to ``max_new_tokens`` tokens.
 
-    Returns (B, T + n) with n <= max_new_tokens: generation stops early once every
-    row has produced ``eos_id``; after its eos a row is filled with ``pad_id``.
-    The model must take ``(ids, cache, attention_mask)`` and offer
-    ``new_cache(batch_size, max_len)``. ``streamer``, as in transformers'
-    ``generate``, gets ``put(input_ids)`` first, then ``put(tokens)`` (B,) for
-    every new token as soon as it is chosen, then ``end()``: print text as it
-    comes, or time each token.
+    Returns (B * G, T + n) with n <= max_new_tokens and G = ``num_return_sequences``:
+    generation stops early once every row has produced ``eos_id``; after its eos a
+    row is filled with ``pad_id``. The model must take ``(ids, cache, attention_mask)``
+    and offer ``new_cache(batch_size, max_len)``; prompt plus new tokens must fit in
+    its ``max_position_embeddings``.
+
+    ``num_return_sequences`` G > 1 draws G samples per prompt (GRPO's group) from
+    one prefill: the prompts run once, then the cache is expanded
+    (:meth:`~mlakit.cache.PreallocatedCache.expand`) and rows are prompt-major, as in
+    transformers: row i * G + j is sample j of prompt i, the same tokens as
+    generating from ``input_ids.repeat_interleave(G, 0)`` with the same generator.
+
+    ``return_dict=True`` returns a :class:`GenerateOutput` with ``sequences``,
+    ``completion_mask`` and ``logprobs``. The log-probs are those of the
+    temperature-scaled distribution, log softmax(logits / temperature)[token]:
+    what :func:`mlakit.losses.token_logprobs` recomputes from the same logits at the
+    same temperature, and what GRPO wants as the old policy's log-probs (TRL
+    computes them the same way, without top-k / top-p), so the importance ratio of
+    an unchanged policy is 1. top_k and top_p change which tokens can be drawn, not
+    these numbers: they are not the log-probs of the truncated, renormalised
+    distribution the sampler used (those are larger by log of the kept mass).
+    Greedy decoding (temperature 0) records log softmax(logits)[token], the raw
+    logits at temperature 1.
+
+    ``streamer``, as in transformers' ``generate``, gets ``put(input_ids)`` first (the
+    prompts repeated G times), then ``put(tokens)`` (B * G,) for every new token as
+    soon as it is chosen, then ``end()``: print text as it comes, or time each token.
     """
     if max_new_tokens < 0:
         raise ValueError(f"max_new_tokens={max_new_tokens} is invalid: must be >= 0")
+    G = num_return_sequences
+    if isinstance(G, bool) or not isinstance(G, int) or G < 1:
+        raise ValueError(f"num_return_sequences={G!r} is invalid: must be a positive integer")
     B, T = input_ids.shape
+    check_positions(model, T, max_new_tokens)
     ids = input_ids
     mask = attention_mask.long() if attention_mask is not None else None
     cache = model.new_cache(B, T + max_new_tokens) if use_cache else None
-    finished = torch.zeros(B, 1, dtype=torch.bool, device=ids.device)
+    expand_after_prefill = G > 1 and use_cache  # one prefill of B prompts, then G copies of its cache
+    if G > 1 and not use_cache:  # nothing to share: every step runs the whole sequence anyway
+        ids = ids.repeat_interleave(G, dim=0)  # (B * G, T)
+        mask = mask.repeat_interleave(G, dim=0) if mask is not None else None
+    finished = torch.zeros(B * G, 1, dtype=torch.bool, device=ids.device)
+    logprobs, completion = [], []
     step_input = ids
     if streamer is not None:
-        streamer.put(input_ids)
-    for _ in range(max_new_tokens):
+        streamer.put(input_ids.repeat_interleave(G, dim=0) if G > 1 else input_ids)
+    for step in range(max_new_tokens):
         logits = model(step_input, cache, mask).logits[:, -1]  # (B, vocab): the last position predicts the next token
-        nxt = sample_next(logits, temperature, top_k, top_p, generator)  # (B, 1)
+        if step == 0 and expand_after_prefill:
+            logits = logits.repeat_interleave(G, dim=0)  # (B * G, vocab): row i * G + j continues prompt i
+            cache = cache.expand(G)
+            ids = ids.repeat_interleave(G, dim=0)
+            mask = mask.repeat_interleave(G, dim=0) if mask is not None else None
+        nxt = sample_next(logits, temperature, top_k, top_p, generator)  # (B * G, 1)
+        if return_dict:
+            logprobs.append(token_logprobs(logits[:, None], nxt, temperature=temperature or 1.0))  # (B * G, 1)
+            completion.append(~finished)
         nxt = nxt.masked_fill(finished, pad_id)
         if streamer is not None:
             streamer.put(nxt[:, 0])
@@ -87,9 +147,16 @@ def generate(model: nn.Module, input_ids: torch.Tensor, max_new_tokens: int, use
             if bool(finished.all()):
                 break
         step_input = nxt if use_cache else ids  # with a cache only the new token goes in
+    if ids.shape[0] != B * G:  # max_new_tokens = 0: no prefill ran
+        ids = ids.repeat_interleave(G, dim=0)
     if streamer is not None:
         streamer.end()
-    return ids
+    if not return_dict:
+        return ids
+    n = ids.shape[1] - T
+    completion_mask = torch.cat(completion, dim=1) if n else torch.zeros(B * G, 0, dtype=torch.bool, device=ids.device)
+    lp = torch.cat(logprobs, dim=1) if n else torch.zeros(B * G, 0, device=ids.device)
+    return GenerateOutput(ids, completion_mask, lp.masked_fill(~completion_mask, 0.0))
 
 
 @dataclass
@@ -113,49 +180,75 @@ def speculative_generate(model: nn.Module, input_ids: torch.Tensor, max_new_toke
                          eos_id: int | None = None) -> tuple[torch.Tensor, SpeculativeStats]:
     """Greedy decoding that uses the first MTP module as a one-token drafter (DeepSeek-V3 §2.2, §5.4.3).
 
-    Each step feeds the main model two tokens: the next token (already decided)
-    and the MTP module's guess for the one after. If the main model's own
-    prediction agrees with the guess, both are kept and a third is already
-    decided: two tokens for one forward pass. If not, the guess is dropped from
-    the cache (:meth:`~mlakit.attention.PreallocatedCache.truncate`) and the
+    Each step feeds the main model two tokens in one forward pass: the next token
+    (already decided) and the MTP module's guess for the one after. If the main
+    model's own prediction agrees with the guess, both are kept and a third is
+    already decided: two tokens for one forward pass. If not, the guess is dropped
+    from the cache (:meth:`~mlakit.cache.PreallocatedCache.truncate`) and the
     corrected token is kept. The output equals plain greedy decoding; only the
     number of forward passes changes. Batch size 1.
+
+    Per step: one main-model forward over the two tokens (on MLA's absorbed path,
+    as a decode step: they continue a cached prefix), one MTP block over the one or
+    two new positions and the LM head on the last of them only. Tokens stay on the
+    model's device in one preallocated row; the only host round trip is the
+    accept/reject decision (and the eos check with it).
     """
     if input_ids.shape[0] != 1:
         raise ValueError(f"speculative_generate decodes one sequence at a time; got a batch of {input_ids.shape[0]}")
     if not len(getattr(model, "mtp", ())):
         raise ValueError("speculative_generate needs a model with an MTP module (num_nextn_predict_layers >= 1)")
-    mtp, L = model.mtp[0], model.config.num_hidden_layers
+    if max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens={max_new_tokens} is invalid: must be >= 0")
     T = input_ids.shape[1]
+    check_positions(model, T, max_new_tokens)
+    stats = SpeculativeStats()
+    if max_new_tokens == 0:
+        return input_ids.clone(), stats
+    mtp, L = model.mtp[0], model.config.num_hidden_layers
     cache = model.new_cache(1, T + max_new_tokens + 2, include_mtp=True)
     main_layers = range(L)  # the MTP block caches in layer L; its entries are never rolled back
-    stats = SpeculativeStats()
+    # tokens[:, :d] are decided (prompt, then new tokens); tokens[:, d] holds the pending guess; the main
+    # model has cached positions 0 .. d - 2, so every step feeds tokens[:, d - 1 : d + 1]
+    tokens = input_ids.new_zeros(1, T + max_new_tokens + 2)
+    tokens[:, :T] = input_ids
 
-    def main(tokens):  # run the main model on new tokens; (hidden (1, n, d), greedy next ids (n,))
+    def main(step_tokens):  # main model on new tokens: hidden (1, n, d) and its greedy next ids (n,)
         stats.main_forwards += 1
-        h = model.hidden_states(tokens, cache)
+        h = model.hidden_states(step_tokens, cache)
         return h, model.lm_head(model.norm(h))[0].argmax(-1)
 
-    def draft(h, next_tokens):  # MTP on (h_i, t_{i+1}) pairs; its guess for the token after the last
-        out = mtp(h, model.embed_tokens(next_tokens), cache)
-        return int(model.lm_head(mtp.shared_head_norm(out))[0, -1].argmax())
+    def draft(h, next_tokens):  # MTP on (h_i, t_{i+1}) pairs -> its guess (1,) for the token after the last
+        out = mtp(h, model.embed_tokens(next_tokens), cache)  # (1, n, d)
+        return model.lm_head(mtp.shared_head_norm(out[:, -1]))[0].argmax(-1, keepdim=True)  # head on the last only
 
     h, preds = main(input_ids)
-    out = [int(preds[-1])]  # t_T, decided
-    guess = draft(h, torch.tensor([[*input_ids[0, 1:].tolist(), out[-1]]]))
-    while len(out) < max_new_tokens and (eos_id is None or out[-1] != eos_id):
-        p = cache.lengths[0]  # positions the main model has cached
-        h, preds = main(torch.tensor([[out[-1], guess]]))  # positions p (decided token) and p + 1 (the guess)
+    tokens[0, T] = preds[-1]  # t_T, decided
+    d = T + 1
+    tokens[0, d] = draft(h, tokens[:, 1:d])[0]
+    done = eos_id is not None and int(tokens[0, T]) == eos_id
+    while d - T < max_new_tokens and not done:
+        h, preds = main(tokens[:, d - 1: d + 1])  # positions d - 1 (decided token) and d (the guess)
         stats.drafted += 1
-        if int(preds[0]) == guess:
+        verdict = preds[:1] == tokens[0, d]  # (1,): the main model's token for position d agrees with the guess
+        if eos_id is not None:
+            verdict = torch.cat([verdict, preds == eos_id])  # (3,): agreed, eos at d, eos at d + 1
+        flags = verdict.tolist()  # the step's one host round trip
+        tokens[0, d: d + 2] = preds  # position d is decided either way; d + 1 only if the guess was right
+        if flags[0]:
             stats.accepted += 1
-            out += [guess, int(preds[1])]
-            guess = draft(h, torch.tensor([out[-2:]]))
+            done = eos_id is not None and (flags[1] or flags[2])
+            d += 2
+            guess = draft(h, preds[None])  # pairs (h_{d-3}, t_{d-2}), (h_{d-2}, t_{d-1}) -> t_d
         else:
-            out.append(int(preds[0]))
-            cache.truncate(p + 1, main_layers)  # drop the rejected guess
-            guess = draft(h[:, :1], torch.tensor([[out[-1]]]))
-    out = out[:max_new_tokens]
-    if eos_id is not None and eos_id in out:
-        out = out[: out.index(eos_id) + 1]
-    return torch.cat([input_ids, torch.tensor([out])], dim=1), stats
+            done = eos_id is not None and flags[1]
+            d += 1
+            cache.truncate(d - 1, main_layers)  # drop the rejected guess
+            guess = draft(h[:, :1], preds[None, :1])  # pair (h_{d-2}, t_{d-1}) -> t_d
+        tokens[0, d] = guess[0]
+    out = tokens[:, : min(d, T + max_new_tokens)]
+    if eos_id is not None:
+        hits = (out[0, T:] == eos_id).nonzero()
+        if len(hits):
+            out = out[:, : T + int(hits[0]) + 1]
+    return out.clone(), stats

@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from mlakit import ModelConfig
-from mlakit.generate import generate, sample_next
+from mlakit.generate import GenerateOutput, generate, sample_next, speculative_generate
+from mlakit.losses import token_logprobs
 from mlakit.model import MiniDeepSeek
 
 CFG = ModelConfig.from_preset("nano", n_routed_experts=0, num_hidden_layers=2)
@@ -93,3 +94,173 @@ def test_seeded_sampling_reproduces(model):
     a = generate(model, ids, 8, temperature=0.8, top_p=0.9, generator=torch.Generator().manual_seed(1))
     b = generate(model, ids, 8, temperature=0.8, top_p=0.9, generator=torch.Generator().manual_seed(1))
     assert torch.equal(a, b)
+
+
+def _left_padded_batch():
+    torch.manual_seed(5)
+    batch = torch.randint(3, 100, (3, 7))
+    mask = torch.ones(3, 7, dtype=torch.long)
+    batch[1, :3], mask[1, :3] = 0, 0
+    batch[2, :1], mask[2, :1] = 0, 0
+    return batch, mask
+
+
+def _teacher_forced_logprobs(model, out, attention_mask, temperature):
+    """log-probs of the generated tokens, recomputed in one forward over prompt + completion."""
+    T, n = attention_mask.shape[1], out.completion_mask.shape[1]
+    full_mask = torch.cat([attention_mask, torch.ones_like(out.completion_mask, dtype=attention_mask.dtype)], dim=1)
+    with torch.no_grad():
+        logits = model(out.sequences, attention_mask=full_mask).logits[:, T - 1: T - 1 + n]  # predicts each new token
+    return token_logprobs(logits, out.sequences[:, T:], out.completion_mask, temperature)
+
+
+@pytest.mark.parametrize("sampling", [dict(temperature=0.7), dict(temperature=1.3, top_k=20, top_p=0.9),
+                                      dict(temperature=0.0)], ids=["temperature", "top-k-top-p", "greedy"])
+def test_stored_logprobs_equal_a_teacher_forced_recomputation(model, sampling):
+    batch, mask = _left_padded_batch()
+    def run(**kwargs):
+        return generate(model, batch, 10, attention_mask=mask, generator=torch.Generator().manual_seed(0),
+                        num_return_sequences=2, **sampling, **kwargs)
+
+    eos = int(run()[0, 9])  # row 0 ends by its third new token, the others run on or stop where it appears
+    out = run(eos_id=eos, return_dict=True)
+    assert not bool(out.completion_mask[0, 3:].any())
+    assert isinstance(out, GenerateOutput) and out.logprobs.dtype == torch.float32
+    n = out.completion_mask.shape[1]
+    assert out.sequences.shape == (6, 7 + n) and out.logprobs.shape == out.completion_mask.shape == (6, n)
+    # temperature-scaled log-probs (greedy: the raw logits at temperature 1), top-k / top-p not renormalised
+    want = _teacher_forced_logprobs(model, out, mask.repeat_interleave(2, 0), sampling["temperature"] or 1.0)
+    torch.testing.assert_close(out.logprobs, want, atol=1e-5, rtol=0)
+    assert bool((out.logprobs[out.completion_mask] <= 0).all()) and bool((out.logprobs[~out.completion_mask] == 0).all())
+
+
+def test_completion_mask_covers_the_tokens_up_to_and_including_eos(model):
+    prompt = torch.randint(3, 100, (2, 5), generator=torch.Generator().manual_seed(2))
+    free = generate(model, prompt, 8)
+    eos = int(free[0, 7])  # row 0's third new token
+    out = generate(model, prompt, 8, eos_id=eos, pad_id=0, return_dict=True)
+    new = out.sequences[:, 5:]
+    for row in range(2):
+        tokens = new[row].tolist()
+        end = tokens.index(eos) + 1 if eos in tokens else len(tokens)
+        assert out.completion_mask[row].tolist() == [True] * end + [False] * (len(tokens) - end)
+        assert all(t == 0 for t in tokens[end:])
+    assert torch.equal(out.sequences, generate(model, prompt, 8, eos_id=eos, pad_id=0))  # same ids as the default return
+
+
+@pytest.mark.parametrize("sampling", [dict(temperature=0.9, top_p=0.95), dict(temperature=0.0)])
+def test_num_return_sequences_equals_the_prompts_repeated_prompt_major(model, sampling):
+    batch, mask = _left_padded_batch()
+    G = 3
+    grouped = generate(model, batch, 9, attention_mask=mask, num_return_sequences=G, return_dict=True,
+                       generator=torch.Generator().manual_seed(4), **sampling)
+    repeated = generate(model, batch.repeat_interleave(G, 0), 9, attention_mask=mask.repeat_interleave(G, 0),
+                        return_dict=True, generator=torch.Generator().manual_seed(4), **sampling)
+    assert torch.equal(grouped.sequences, repeated.sequences)  # row i * G + j is sample j of prompt i
+    assert torch.equal(grouped.sequences[:, :7], batch.repeat_interleave(G, 0))
+    torch.testing.assert_close(grouped.logprobs, repeated.logprobs, atol=1e-5, rtol=0)
+    if sampling["temperature"]:
+        assert not torch.equal(grouped.sequences[0], grouped.sequences[1])  # the samples of one prompt differ
+    uncached = generate(model, batch, 9, attention_mask=mask, num_return_sequences=G, use_cache=False,
+                        generator=torch.Generator().manual_seed(4), **sampling)
+    assert torch.equal(uncached, grouped.sequences)
+
+
+def test_a_group_is_sampled_from_one_prefill(model):
+    calls = []
+    hook = model.register_forward_pre_hook(lambda module, args: calls.append(tuple(args[0].shape)))
+    try:
+        generate(model, torch.randint(3, 100, (2, 6)), 5, temperature=1.0, num_return_sequences=4,
+                 generator=torch.Generator().manual_seed(0))
+    finally:
+        hook.remove()
+    assert calls == [(2, 6)] + [(8, 1)] * 4  # the prompts once, then one token per row and step
+
+
+def test_no_new_tokens_returns_the_repeated_prompts(model):
+    prompt = torch.randint(3, 100, (2, 4))
+    assert torch.equal(generate(model, prompt, 0, num_return_sequences=2), prompt.repeat_interleave(2, 0))
+    out = generate(model, prompt, 0, num_return_sequences=2, return_dict=True)
+    assert out.completion_mask.shape == out.logprobs.shape == (4, 0)
+
+
+def test_generation_refuses_positions_past_the_model_limit(model):
+    limit = model.config.max_position_embeddings
+    prompt = torch.zeros(1, limit - 3, dtype=torch.long)
+    assert generate(model, prompt, 3).shape == (1, limit)  # exactly full is fine
+    with pytest.raises(ValueError, match=f"needs {limit + 1} positions, more than the model's "
+                                         f"max_position_embeddings={limit}"):
+        generate(model, prompt, 4)
+    with pytest.raises(ValueError, match="num_return_sequences=0"):
+        generate(model, prompt, 1, num_return_sequences=0)
+
+
+# ---------------------------------------------------------------- speculative decoding
+MTP_CFG = CFG.replace(num_nextn_predict_layers=1)
+
+
+def _mtp_model(seed=0):
+    torch.manual_seed(seed)
+    return MiniDeepSeek(MTP_CFG).eval()
+
+
+def test_speculative_decoding_equals_greedy_with_rejected_drafts():
+    model = _mtp_model()
+    prompt = torch.randint(3, 100, (1, 6), generator=torch.Generator().manual_seed(1))
+    plain = generate(model, prompt, 16)
+    fast, stats = speculative_generate(model, prompt, 16)
+    assert torch.equal(fast, plain)
+    assert stats.drafted == stats.main_forwards - 1 and stats.accepted < stats.drafted  # random weights: few accepted
+    for k in (2, 5, 9):  # stop at an eos the free run produces, wherever it falls in a step
+        eos = int(plain[0, 6 + k])
+        fast, _ = speculative_generate(model, prompt, 16, eos_id=eos)
+        assert torch.equal(fast, generate(model, prompt, 16, eos_id=eos))
+
+
+def test_speculative_decoding_with_drafts_always_accepted():
+    model = _mtp_model()
+    with torch.no_grad():  # every logit 0: main model and drafter both pick token 0, so every draft is right
+        model.norm.weight.zero_()
+        model.mtp[0].shared_head_norm.weight.zero_()
+    prompt = torch.randint(3, 100, (1, 5))
+    plain = generate(model, prompt, 11)
+    fast, stats = speculative_generate(model, prompt, 11)
+    assert torch.equal(fast, plain) and stats.accepted == stats.drafted == 5 and stats.main_forwards == 6
+    assert stats.tokens_per_forward == pytest.approx(11 / 6)
+    fast, stats = speculative_generate(model, prompt, 11, eos_id=0)  # the first new token is eos
+    assert torch.equal(fast, generate(model, prompt, 11, eos_id=0)) and fast.shape[1] == 6 and stats.drafted == 0
+
+
+def test_speculative_verify_is_one_forward_of_two_tokens():
+    model = _mtp_model()
+    calls = []
+    hook = model.register_forward_pre_hook(lambda module, args: calls.append(tuple(args[0].shape)))
+    shapes = []
+    original = model.hidden_states
+    model.hidden_states = lambda ids, *a, **k: shapes.append(tuple(ids.shape)) or original(ids, *a, **k)
+    try:
+        _, stats = speculative_generate(model, torch.randint(3, 100, (1, 6)), 8)
+    finally:
+        hook.remove()
+        del model.hidden_states
+    assert calls == []  # no full forwards with their own LM head over every position
+    assert shapes == [(1, 6)] + [(1, 2)] * stats.drafted and len(shapes) == stats.main_forwards
+
+
+def test_speculative_decoding_refuses_positions_past_the_model_limit():
+    model = _mtp_model()
+    limit = MTP_CFG.max_position_embeddings
+    with pytest.raises(ValueError, match="max_position_embeddings"):
+        speculative_generate(model, torch.zeros(1, limit - 2, dtype=torch.long), 3)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_generation_and_speculative_decoding_stay_on_the_model_device():
+    model = _mtp_model().cuda()
+    prompt = torch.randint(3, 100, (2, 5), device="cuda")
+    mask = torch.ones_like(prompt)
+    out = generate(model, prompt, 6, attention_mask=mask, temperature=1.0, num_return_sequences=2, return_dict=True,
+                   generator=torch.Generator("cuda").manual_seed(0))
+    assert out.sequences.device.type == out.logprobs.device.type == out.completion_mask.device.type == "cuda"
+    fast, _ = speculative_generate(model, prompt[:1], 8)
+    assert fast.device.type == "cuda" and torch.equal(fast, generate(model, prompt[:1], 8))
