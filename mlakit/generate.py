@@ -177,7 +177,7 @@ class SpeculativeStats:
 
 @torch.no_grad()
 def speculative_generate(model: nn.Module, input_ids: torch.Tensor, max_new_tokens: int,
-                         eos_id: int | None = None) -> tuple[torch.Tensor, SpeculativeStats]:
+                         eos_id: int | None = None, streamer=None) -> tuple[torch.Tensor, SpeculativeStats]:
     """Greedy decoding that uses the first MTP module as a one-token drafter (DeepSeek-V3 §2.2, §5.4.3).
 
     Each step feeds the main model two tokens in one forward pass: the next token
@@ -193,6 +193,10 @@ def speculative_generate(model: nn.Module, input_ids: torch.Tensor, max_new_toke
     two new positions and the LM head on the last of them only. Tokens stay on the
     model's device in one preallocated row; the only host round trip is the
     accept/reject decision (and the eos check with it).
+
+    ``streamer`` gets ``put(input_ids)`` first, then ``put(tokens)`` with the one or
+    two tokens (k,) each step decides, then ``end()`` (transformers' ``TextStreamer``
+    takes that for a batch of one).
     """
     if input_ids.shape[0] != 1:
         raise ValueError(f"speculative_generate decodes one sequence at a time; got a batch of {input_ids.shape[0]}")
@@ -203,7 +207,11 @@ def speculative_generate(model: nn.Module, input_ids: torch.Tensor, max_new_toke
     T = input_ids.shape[1]
     check_positions(model, T, max_new_tokens)
     stats = SpeculativeStats()
+    if streamer is not None:
+        streamer.put(input_ids)
     if max_new_tokens == 0:
+        if streamer is not None:
+            streamer.end()
         return input_ids.clone(), stats
     mtp, L = model.mtp[0], model.config.num_hidden_layers
     cache = model.new_cache(1, T + max_new_tokens + 2, include_mtp=True)
@@ -212,6 +220,7 @@ def speculative_generate(model: nn.Module, input_ids: torch.Tensor, max_new_toke
     # model has cached positions 0 .. d - 2, so every step feeds tokens[:, d - 1 : d + 1]
     tokens = input_ids.new_zeros(1, T + max_new_tokens + 2)
     tokens[:, :T] = input_ids
+    limit = T + max_new_tokens  # decided tokens past it are dropped
 
     def main(step_tokens):  # main model on new tokens: hidden (1, n, d) and its greedy next ids (n,)
         stats.main_forwards += 1
@@ -225,9 +234,12 @@ def speculative_generate(model: nn.Module, input_ids: torch.Tensor, max_new_toke
     h, preds = main(input_ids)
     tokens[0, T] = preds[-1]  # t_T, decided
     d = T + 1
-    tokens[0, d] = draft(h, tokens[:, 1:d])[0]
-    done = eos_id is not None and int(tokens[0, T]) == eos_id
-    while d - T < max_new_tokens and not done:
+    end, stop = d, eos_id is not None and int(tokens[0, T]) == eos_id  # the output is tokens[:, :end]
+    if streamer is not None:
+        streamer.put(tokens[0, T:d])
+    if not stop:
+        tokens[0, d] = draft(h, tokens[:, 1:d])[0]
+    while not stop and end < limit:
         h, preds = main(tokens[:, d - 1: d + 1])  # positions d - 1 (decided token) and d (the guess)
         stats.drafted += 1
         verdict = preds[:1] == tokens[0, d]  # (1,): the main model's token for position d agrees with the guess
@@ -235,20 +247,22 @@ def speculative_generate(model: nn.Module, input_ids: torch.Tensor, max_new_toke
             verdict = torch.cat([verdict, preds == eos_id])  # (3,): agreed, eos at d, eos at d + 1
         flags = verdict.tolist()  # the step's one host round trip
         tokens[0, d: d + 2] = preds  # position d is decided either way; d + 1 only if the guess was right
+        first = d
         if flags[0]:
             stats.accepted += 1
-            done = eos_id is not None and (flags[1] or flags[2])
             d += 2
             guess = draft(h, preds[None])  # pairs (h_{d-3}, t_{d-2}), (h_{d-2}, t_{d-1}) -> t_d
         else:
-            done = eos_id is not None and flags[1]
             d += 1
             cache.truncate(d - 1, main_layers)  # drop the rejected guess
             guess = draft(h[:, :1], preds[None, :1])  # pair (h_{d-2}, t_{d-1}) -> t_d
         tokens[0, d] = guess[0]
-    out = tokens[:, : min(d, T + max_new_tokens)]
-    if eos_id is not None:
-        hits = (out[0, T:] == eos_id).nonzero()
-        if len(hits):
-            out = out[:, : T + int(hits[0]) + 1]
-    return out.clone(), stats
+        end = min(d, limit)
+        if eos_id is not None and (flags[1] or (flags[0] and flags[2])):
+            stop = True
+            end = min(first + 1 if flags[1] else first + 2, limit)  # up to and including the first eos
+        if streamer is not None:
+            streamer.put(tokens[0, first:end])
+    if streamer is not None:
+        streamer.end()
+    return tokens[:, :end].clone(), stats

@@ -231,6 +231,23 @@ def test_speculative_decoding_with_drafts_always_accepted():
     assert torch.equal(fast, generate(model, prompt, 11, eos_id=0)) and fast.shape[1] == 6 and stats.drafted == 0
 
 
+@pytest.mark.parametrize("always_accept", [False, True])
+def test_speculative_streamer_gets_every_decided_token_once(always_accept):
+    model = _mtp_model()
+    if always_accept:
+        with torch.no_grad():
+            model.norm.weight.zero_()
+            model.mtp[0].shared_head_norm.weight.zero_()
+    prompt = torch.randint(3, 100, (1, 5), generator=torch.Generator().manual_seed(3))
+    for new in (1, 8, 9):
+        streamer = RecordingStreamer()
+        out, stats = speculative_generate(model, prompt, new, streamer=streamer)
+        assert torch.equal(streamer.calls[0], prompt) and streamer.calls[-1] == "end"
+        steps = streamer.calls[1:-1]
+        assert len(steps) == stats.main_forwards and all(1 <= len(t) <= 2 for t in steps)
+        assert torch.equal(torch.cat(steps), out[0, 5:]) and out.shape[1] == 5 + new
+
+
 def test_speculative_verify_is_one_forward_of_two_tokens():
     model = _mtp_model()
     calls = []
