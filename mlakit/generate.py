@@ -195,8 +195,9 @@ def speculative_generate(model: nn.Module, input_ids: torch.Tensor, max_new_toke
     accept/reject decision (and the eos check with it).
 
     ``streamer`` gets ``put(input_ids)`` first, then ``put(tokens)`` with the one or
-    two tokens (k,) each step decides, then ``end()`` (transformers' ``TextStreamer``
-    takes that for a batch of one).
+    two tokens (k,) each step decides (the first after the prefill of the main model
+    and of the MTP block), then ``end()`` (transformers' ``TextStreamer`` takes that
+    for a batch of one).
     """
     if input_ids.shape[0] != 1:
         raise ValueError(f"speculative_generate decodes one sequence at a time; got a batch of {input_ids.shape[0]}")
@@ -235,10 +236,10 @@ def speculative_generate(model: nn.Module, input_ids: torch.Tensor, max_new_toke
     tokens[0, T] = preds[-1]  # t_T, decided
     d = T + 1
     end, stop = d, eos_id is not None and int(tokens[0, T]) == eos_id  # the output is tokens[:, :end]
+    if not stop:
+        tokens[0, d] = draft(h, tokens[:, 1:d])[0]  # the MTP block's prefill is part of the prefill
     if streamer is not None:
         streamer.put(tokens[0, T:d])
-    if not stop:
-        tokens[0, d] = draft(h, tokens[:, 1:d])[0]
     while not stop and end < limit:
         h, preds = main(tokens[:, d - 1: d + 1])  # positions d - 1 (decided token) and d (the guess)
         stats.drafted += 1
