@@ -10,6 +10,11 @@ cache decides decoding speed (DeepSeek-V2 §2.1).
 Batches of prompts of different lengths are left-padded (see
 ``CharTokenizer.encode_batch``) and carry an attention mask, so every row
 continues from its last column and no token attends to padding.
+
+For reinforcement learning, ``generate(..., num_return_sequences=G, return_dict=True)``
+samples a group of G completions per prompt from one prefill and returns the
+log-probability of every sampled token with a completion mask (GRPO's rollout).
+Speculative decoding with the MTP module as drafter is :func:`speculative_generate`.
 """
 
 from __future__ import annotations
@@ -98,7 +103,8 @@ def generate(model: nn.Module, input_ids: torch.Tensor, max_new_tokens: int, use
     computes them the same way, without top-k / top-p), so the importance ratio of
     an unchanged policy is 1. top_k and top_p change which tokens can be drawn, not
     these numbers: they are not the log-probs of the truncated, renormalised
-    distribution the sampler used (those are larger by log of the kept mass).
+    distribution the sampler used (those are larger by -log of the probability
+    mass top-k / top-p keep).
     Greedy decoding (temperature 0) records log softmax(logits)[token], the raw
     logits at temperature 1.
 
