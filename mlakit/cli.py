@@ -95,8 +95,12 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         print(f"mlakit generate: {e}")
         return 2
     gen = torch.Generator().manual_seed(args.seed)
-    out = generate(model, ids, args.max_new_tokens, attention_mask=mask, temperature=args.temperature,
-                   top_k=args.top_k, top_p=args.top_p, eos_id=tok.eos_id, pad_id=tok.pad_id, generator=gen)
+    try:
+        out = generate(model, ids, args.max_new_tokens, attention_mask=mask, temperature=args.temperature,
+                       top_k=args.top_k, top_p=args.top_p, eos_id=tok.eos_id, pad_id=tok.pad_id, generator=gen)
+    except ValueError as e:  # a bad option or a prompt past the model's context: one line, exit status 2
+        print(f"mlakit generate: {e}")
+        return 2
     for prompt, row in zip(args.prompt, out[:, ids.shape[1]:], strict=True):
         print(prompt + tok.decode(row.tolist(), skip_special=True))
     return 0
