@@ -8,7 +8,16 @@ a new checker is added to its lesson module's ``__all__`` and here (a test
 fails when the two lists differ).
 """
 
-from ._core import FAIL, NOT_ATTEMPTED, PASS, RESULT_LINE, CheckResult, use_or_fallback
+from ._core import (
+    FAIL,
+    NOT_ATTEMPTED,
+    PASS,
+    RESULT_LINE,
+    Answer,
+    CheckResult,
+    checker,
+    use_or_fallback,
+)
 from .lesson01 import (
     check_append_kv,
     check_causal_scores,
@@ -80,7 +89,7 @@ from .lesson07 import (
 
 __all__ = [
     # the result format and the fallback
-    "CheckResult", "use_or_fallback", "PASS", "FAIL", "NOT_ATTEMPTED", "RESULT_LINE",
+    "CheckResult", "Answer", "checker", "use_or_fallback", "PASS", "FAIL", "NOT_ATTEMPTED", "RESULT_LINE",
     # lesson 01: attention and the KV cache
     "reference_causal_scores", "check_causal_scores", "reference_append_kv", "check_append_kv",
     "reference_gqa_cache_bytes", "check_gqa_cache_bytes", "reference_repeat_kv", "check_repeat_kv",

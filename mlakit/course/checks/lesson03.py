@@ -10,12 +10,11 @@ mscale^2 when the context is stretched.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import torch
 
 from ...layers import RotaryEmbedding, softmax_scale
-from ._core import CheckResult, _close, _expect_tensor, _Fail, _run, diagnose
+from ._core import Answer, _close, _expect_tensor, _Fail, checker, diagnose
 
 
 # ---------------------------------------------------------------- 03.1
@@ -34,44 +33,42 @@ def _rope_by_hand(x, positions, inv_freq, interleave=True, back_in_place=True):
     return torch.cat((r1, r2), dim=-1)
 
 
-def check_rope_pairs(rope_pairs: Callable) -> CheckResult:
+@checker("03.1", "rope_pairs")
+def check_rope_pairs(rope_pairs: Answer) -> str:
     """Exercise 03.1: rope_pairs(x, positions, base) -> x with adjacent pairs rotated by position (DeepSeek's RoPE)."""
 
-    def body() -> str:
-        g = torch.Generator().manual_seed(31)
-        cases = [((2, 3, 5, 8), 10000.0), ((4, 16), 10000.0), ((1, 2, 3, 4), 500.0)]
-        for shape, base in cases:
-            x = torch.randn(shape, generator=g)
-            T, d = shape[-2], shape[-1]
-            positions = torch.randint(0, 50, (T,), generator=g)
-            want = reference_rope_pairs(x, positions, base)
-            got = _expect_tensor(rope_pairs(x.clone(), positions.clone(), base), want.shape,
-                                 f"the rotated x for x {tuple(shape)}")
-            if _close(got, want):
-                continue
-            inv_freq = base ** (-torch.arange(0, d, 2, dtype=torch.float64) / d)  # (d/2,)
-            half_freq = base ** (-torch.arange(d // 2, dtype=torch.float64) / d)  # (d/2,): base^(-i/d)
-            diagnose(got, [
-                (x, "the output equals the input. Hint: rotate pair i by the angle position * base^(-2i/d)"),
-                (RotaryEmbedding(d, base, interleave=False)(x, positions),
-                 "that is the halves convention (x_i paired with x_{i+d/2}, as in GPT-NeoX and Llama). "
-                 "Hint: DeepSeek rotates adjacent pairs (x0, x1), (x2, x3), ...: x[..., 0::2] and x[..., 1::2]"),
-                (_rope_by_hand(x, positions, inv_freq, back_in_place=False),
-                 "the rotated pairs are not put back in place: all first members come before all second "
-                 "members. Hint: pair i goes back to positions 2i and 2i+1: torch.stack((r1, r2), -1).flatten(-2)"),
-                (reference_rope_pairs(x, -positions, base),
-                 "the pairs rotate the wrong way. Hint: (x1, x2) -> (x1 cos - x2 sin, x1 sin + x2 cos)"),
-                (_rope_by_hand(x, positions, half_freq),
-                 "the frequencies are off: pair i turns at base^(-i/d). Hint: the exponent is -2i/d "
-                 "(torch.arange(0, d, 2) / d)"),
-                (reference_rope_pairs(x, positions + 1, base),
-                 "every position is off by one. Hint: positions are used as given (the first token is 0)"),
-            ])
-            raise _Fail(f"values differ from the reference for x {tuple(shape)} and base {base:g}. Hint: angle = "
-                        "position * base^(-2i/d) for pair i; (x1, x2) -> (x1 cos - x2 sin, x1 sin + x2 cos)")
-        return f"matches the pairwise rotary embedding on {len(cases)} inputs"
-
-    return _run("03.1", "rope_pairs", body)
+    g = torch.Generator().manual_seed(31)
+    cases = [((2, 3, 5, 8), 10000.0), ((4, 16), 10000.0), ((1, 2, 3, 4), 500.0)]
+    for shape, base in cases:
+        x = torch.randn(shape, generator=g)
+        T, d = shape[-2], shape[-1]
+        positions = torch.randint(0, 50, (T,), generator=g)
+        want = reference_rope_pairs(x, positions, base)
+        got = _expect_tensor(rope_pairs(x.clone(), positions.clone(), base), want.shape,
+                             f"the rotated x for x {tuple(shape)}")
+        if _close(got, want):
+            continue
+        inv_freq = base ** (-torch.arange(0, d, 2, dtype=torch.float64) / d)  # (d/2,)
+        half_freq = base ** (-torch.arange(d // 2, dtype=torch.float64) / d)  # (d/2,): base^(-i/d)
+        diagnose(got, [
+            (x, "the output equals the input. Hint: rotate pair i by the angle position * base^(-2i/d)"),
+            (RotaryEmbedding(d, base, interleave=False)(x, positions),
+             "that is the halves convention (x_i paired with x_{i+d/2}, as in GPT-NeoX and Llama). "
+             "Hint: DeepSeek rotates adjacent pairs (x0, x1), (x2, x3), ...: x[..., 0::2] and x[..., 1::2]"),
+            (_rope_by_hand(x, positions, inv_freq, back_in_place=False),
+             "the rotated pairs are not put back in place: all first members come before all second "
+             "members. Hint: pair i goes back to positions 2i and 2i+1: torch.stack((r1, r2), -1).flatten(-2)"),
+            (reference_rope_pairs(x, -positions, base),
+             "the pairs rotate the wrong way. Hint: (x1, x2) -> (x1 cos - x2 sin, x1 sin + x2 cos)"),
+            (_rope_by_hand(x, positions, half_freq),
+             "the frequencies are off: pair i turns at base^(-i/d). Hint: the exponent is -2i/d "
+             "(torch.arange(0, d, 2) / d)"),
+            (reference_rope_pairs(x, positions + 1, base),
+             "every position is off by one. Hint: positions are used as given (the first token is 0)"),
+        ])
+        raise _Fail(f"values differ from the reference for x {tuple(shape)} and base {base:g}. Hint: angle = "
+                    "position * base^(-2i/d) for pair i; (x1, x2) -> (x1 cos - x2 sin, x1 sin + x2 cos)")
+    return f"matches the pairwise rotary embedding on {len(cases)} inputs"
 
 
 # ---------------------------------------------------------------- 03.2
@@ -84,49 +81,47 @@ def reference_decoupled_scores(q_c: torch.Tensor, q_r: torch.Tensor, k_c: torch.
     return (content + position) * scale
 
 
-def check_decoupled_scores(decoupled_scores: Callable) -> CheckResult:
+@checker("03.2", "decoupled_scores")
+def check_decoupled_scores(decoupled_scores: Answer) -> str:
     """Exercise 03.2: decoupled_scores(q_c, q_r, k_c, k_r) -> MLA's attention scores (B, n_h, T, S), no mask."""
 
-    def body() -> str:
-        g = torch.Generator().manual_seed(32)
-        shapes = [(2, 3, 4, 6, 8, 4), (1, 2, 1, 5, 6, 2), (2, 2, 3, 3, 4, 4)]  # (B, n_h, T, S, d_nope, d_rope)
-        for B, n_h, T, S, d_nope, d_rope in shapes:
-            q_c, q_r = torch.randn(B, n_h, T, d_nope, generator=g), torch.randn(B, n_h, T, d_rope, generator=g)
-            k_c, k_r = torch.randn(B, n_h, S, d_nope, generator=g), torch.randn(B, S, d_rope, generator=g)
-            want = reference_decoupled_scores(q_c, q_r, k_c, k_r)
-            try:
-                got = decoupled_scores(q_c.clone(), q_r.clone(), k_c.clone(), k_r.clone())
-            except NotImplementedError:
-                raise
-            except RuntimeError as e:  # a shape mismatch, most likely from the shared (head-less) operand
-                raise _Fail(f"your code raised RuntimeError: {e}. Hint: k_r (B, S, d_rope) has no head axis, it is "
-                            "shared by all heads: k_r[:, None] gives (B, 1, S, d_rope), which broadcasts") from None
-            got = _expect_tensor(got, want.shape, f"the scores for T = {T} queries and S = {S} keys")
-            if _close(got, want):
-                continue
-            content = q_c @ k_c.transpose(-2, -1)  # (B, n_h, T, S)
-            position = q_r @ k_r[:, None].transpose(-2, -1)  # (B, n_h, T, S)
-            no_rotary = ("the rotary part is missing. Hint: add q_r . k_r (the shared rope key) to the content "
-                         "score q_c . k_c")
-            diagnose(got, [
-                (content * (d_nope + d_rope) ** -0.5, no_rotary),
-                (content * d_nope ** -0.5, no_rotary),
-                (content + position, f"the scores are not scaled. Hint: multiply by 1/sqrt(d_nope + d_rope) = "
-                                     f"1/sqrt({d_nope + d_rope})"),
-                ((content + position) * d_nope ** -0.5, f"the scale is 1/sqrt(d_nope). Hint: a query/key head is "
-                                                        f"d_nope + d_rope = {d_nope + d_rope} wide, so the scale "
-                                                        "is 1/sqrt(d_nope + d_rope)"),
-                (content * d_nope ** -0.5 + position * d_rope ** -0.5, "each part has its own scale. Hint: one "
-                                                                       "score, one scale: (q_c . k_c + q_r . k_r) "
-                                                                       "/ sqrt(d_nope + d_rope)"),
-                (want.transpose(-2, -1) if T == S else None,
-                 "rows and columns are swapped. Hint: scores[..., i, j] = q_i . k_j (queries are rows)"),
-            ])
-            raise _Fail(f"values differ from (q_c k_c^T + q_r k_r^T) / sqrt(d_nope + d_rope) for shapes "
-                        f"(B, n_h, T, S) = {(B, n_h, T, S)}. Hint: compute both dot products per head, add, scale once")
-        return f"matches the decoupled score on {len(shapes)} inputs"
-
-    return _run("03.2", "decoupled_scores", body)
+    g = torch.Generator().manual_seed(32)
+    shapes = [(2, 3, 4, 6, 8, 4), (1, 2, 1, 5, 6, 2), (2, 2, 3, 3, 4, 4)]  # (B, n_h, T, S, d_nope, d_rope)
+    for B, n_h, T, S, d_nope, d_rope in shapes:
+        q_c, q_r = torch.randn(B, n_h, T, d_nope, generator=g), torch.randn(B, n_h, T, d_rope, generator=g)
+        k_c, k_r = torch.randn(B, n_h, S, d_nope, generator=g), torch.randn(B, S, d_rope, generator=g)
+        want = reference_decoupled_scores(q_c, q_r, k_c, k_r)
+        try:
+            got = decoupled_scores(q_c.clone(), q_r.clone(), k_c.clone(), k_r.clone())
+        except NotImplementedError:
+            raise
+        except RuntimeError as e:  # a shape mismatch, most likely from the shared (head-less) operand
+            raise _Fail(f"your code raised RuntimeError: {e}. Hint: k_r (B, S, d_rope) has no head axis, it is "
+                        "shared by all heads: k_r[:, None] gives (B, 1, S, d_rope), which broadcasts") from None
+        got = _expect_tensor(got, want.shape, f"the scores for T = {T} queries and S = {S} keys")
+        if _close(got, want):
+            continue
+        content = q_c @ k_c.transpose(-2, -1)  # (B, n_h, T, S)
+        position = q_r @ k_r[:, None].transpose(-2, -1)  # (B, n_h, T, S)
+        no_rotary = ("the rotary part is missing. Hint: add q_r . k_r (the shared rope key) to the content "
+                     "score q_c . k_c")
+        diagnose(got, [
+            (content * (d_nope + d_rope) ** -0.5, no_rotary),
+            (content * d_nope ** -0.5, no_rotary),
+            (content + position, f"the scores are not scaled. Hint: multiply by 1/sqrt(d_nope + d_rope) = "
+                                 f"1/sqrt({d_nope + d_rope})"),
+            ((content + position) * d_nope ** -0.5, f"the scale is 1/sqrt(d_nope). Hint: a query/key head is "
+                                                    f"d_nope + d_rope = {d_nope + d_rope} wide, so the scale "
+                                                    "is 1/sqrt(d_nope + d_rope)"),
+            (content * d_nope ** -0.5 + position * d_rope ** -0.5, "each part has its own scale. Hint: one "
+                                                                   "score, one scale: (q_c . k_c + q_r . k_r) "
+                                                                   "/ sqrt(d_nope + d_rope)"),
+            (want.transpose(-2, -1) if T == S else None,
+             "rows and columns are swapped. Hint: scores[..., i, j] = q_i . k_j (queries are rows)"),
+        ])
+        raise _Fail(f"values differ from (q_c k_c^T + q_r k_r^T) / sqrt(d_nope + d_rope) for shapes "
+                    f"(B, n_h, T, S) = {(B, n_h, T, S)}. Hint: compute both dot products per head, add, scale once")
+    return f"matches the decoupled score on {len(shapes)} inputs"
 
 
 # ---------------------------------------------------------------- 03.3
@@ -136,46 +131,44 @@ def reference_absorbed_content_scores(q_c: torch.Tensor, w_uk: torch.Tensor, c_k
     return q_latent @ c_kv[:, None].transpose(-2, -1)  # (B, n_h, T, d_c) @ (B, 1, d_c, S) -> (B, n_h, T, S)
 
 
-def check_absorbed_content_scores(absorbed_content_scores: Callable) -> CheckResult:
+@checker("03.3", "absorbed_content_scores")
+def check_absorbed_content_scores(absorbed_content_scores: Answer) -> str:
     """Exercise 03.3: absorbed_content_scores(q_c, w_uk, c_kv) -> q_C . k_C per head, (B, n_h, T, S), by absorption."""
 
-    def body() -> str:
-        g = torch.Generator().manual_seed(33)
-        # (B, n_h, T, S, d_nope, d_c); the first case is square so a transposed W_UK still runs and can be named
-        shapes = [(1, 3, 2, 5, 6, 6), (2, 2, 3, 4, 4, 7), (1, 4, 1, 6, 8, 3)]
-        for B, n_h, T, S, d_nope, d_c in shapes:
-            q_c = torch.randn(B, n_h, T, d_nope, generator=g)
-            w_uk = torch.randn(n_h, d_nope, d_c, generator=g)
-            c_kv = torch.randn(B, S, d_c, generator=g)
-            want = reference_absorbed_content_scores(q_c, w_uk, c_kv)
-            try:
-                got = absorbed_content_scores(q_c.clone(), w_uk.clone(), c_kv.clone())
-            except NotImplementedError:
-                raise
-            except RuntimeError as e:  # a shape mismatch, most likely from the shared (head-less) operand
-                raise _Fail(f"your code raised RuntimeError: {e}. Hint: q_c (B, n_h, T, d_nope), w_uk (n_h, d_nope, d_c), "
-                            "c_kv (B, S, d_c) shared by all heads: c_kv[:, None] broadcasts over the heads") from None
-            got = _expect_tensor(got, want.shape, f"the scores for q_c {tuple(q_c.shape)} and c_kv {tuple(c_kv.shape)}")
-            if _close(got, want):
-                continue
-            c_t = c_kv[:, None].transpose(-2, -1)  # (B, 1, d_c, S): shared by the heads
-            scaled = ("the scores are scaled. Hint: return the raw content part q_C . k_C; the softmax "
-                      "scale is applied later, to the sum of both parts")
-            diagnose(got, [
-                (torch.einsum("bhtn,hcn->bhtc", q_c, w_uk) @ c_t if d_nope == d_c else None,
-                 "W_UK is used the wrong way round. Hint: k_C = W_UK c with W_UK of shape (d_nope, d_c), so "
-                 "q . k_C = (W_UK^T q) . c: contract q_c with the d_nope axis, einsum('bhtn,hnc->bhtc')"),
-                (torch.einsum("bhtn,nc->bhtc", q_c, w_uk[0]) @ c_t,
-                 "every head used head 0's W_UK. Hint: each head has its own W_UK,i: keep the head axis"),
-                (torch.einsum("bhtn,gnc->bhtc", q_c, w_uk) @ c_t,
-                 "every head used the sum of all heads' W_UK. Hint: head h absorbs only w_uk[h]"),
-                *[(want * factor, scaled) for factor in (d_nope ** -0.5, d_c ** -0.5)],
-            ])
-            raise _Fail(f"values differ from q_C . (W_UK c_KV) for (B, n_h, T, S) = {(B, n_h, T, S)}. Hint: "
-                        "q_latent = einsum('bhtn,hnc->bhtc', q_c, w_uk), then q_latent @ c_kv[:, None].transpose(-2, -1)")
-        return f"equals q_C . k_C with the keys never expanded, on {len(shapes)} inputs"
-
-    return _run("03.3", "absorbed_content_scores", body)
+    g = torch.Generator().manual_seed(33)
+    # (B, n_h, T, S, d_nope, d_c); the first case is square so a transposed W_UK still runs and can be named
+    shapes = [(1, 3, 2, 5, 6, 6), (2, 2, 3, 4, 4, 7), (1, 4, 1, 6, 8, 3)]
+    for B, n_h, T, S, d_nope, d_c in shapes:
+        q_c = torch.randn(B, n_h, T, d_nope, generator=g)
+        w_uk = torch.randn(n_h, d_nope, d_c, generator=g)
+        c_kv = torch.randn(B, S, d_c, generator=g)
+        want = reference_absorbed_content_scores(q_c, w_uk, c_kv)
+        try:
+            got = absorbed_content_scores(q_c.clone(), w_uk.clone(), c_kv.clone())
+        except NotImplementedError:
+            raise
+        except RuntimeError as e:  # a shape mismatch, most likely from the shared (head-less) operand
+            raise _Fail(f"your code raised RuntimeError: {e}. Hint: q_c (B, n_h, T, d_nope), w_uk (n_h, d_nope, d_c), "
+                        "c_kv (B, S, d_c) shared by all heads: c_kv[:, None] broadcasts over the heads") from None
+        got = _expect_tensor(got, want.shape, f"the scores for q_c {tuple(q_c.shape)} and c_kv {tuple(c_kv.shape)}")
+        if _close(got, want):
+            continue
+        c_t = c_kv[:, None].transpose(-2, -1)  # (B, 1, d_c, S): shared by the heads
+        scaled = ("the scores are scaled. Hint: return the raw content part q_C . k_C; the softmax "
+                  "scale is applied later, to the sum of both parts")
+        diagnose(got, [
+            (torch.einsum("bhtn,hcn->bhtc", q_c, w_uk) @ c_t if d_nope == d_c else None,
+             "W_UK is used the wrong way round. Hint: k_C = W_UK c with W_UK of shape (d_nope, d_c), so "
+             "q . k_C = (W_UK^T q) . c: contract q_c with the d_nope axis, einsum('bhtn,hnc->bhtc')"),
+            (torch.einsum("bhtn,nc->bhtc", q_c, w_uk[0]) @ c_t,
+             "every head used head 0's W_UK. Hint: each head has its own W_UK,i: keep the head axis"),
+            (torch.einsum("bhtn,gnc->bhtc", q_c, w_uk) @ c_t,
+             "every head used the sum of all heads' W_UK. Hint: head h absorbs only w_uk[h]"),
+            *[(want * factor, scaled) for factor in (d_nope ** -0.5, d_c ** -0.5)],
+        ])
+        raise _Fail(f"values differ from q_C . (W_UK c_KV) for (B, n_h, T, S) = {(B, n_h, T, S)}. Hint: "
+                    "q_latent = einsum('bhtn,hnc->bhtc', q_c, w_uk), then q_latent @ c_kv[:, None].transpose(-2, -1)")
+    return f"equals q_C . k_C with the keys never expanded, on {len(shapes)} inputs"
 
 
 # ---------------------------------------------------------------- 03.4
@@ -184,49 +177,47 @@ def reference_yarn_softmax_scale(qk_head_dim: int, factor: float, mscale_all_dim
     return softmax_scale(qk_head_dim, {"type": "yarn", "factor": factor, "mscale_all_dim": mscale_all_dim})
 
 
-def check_yarn_softmax_scale(yarn_softmax_scale: Callable) -> CheckResult:
+@checker("03.4", "yarn_softmax_scale")
+def check_yarn_softmax_scale(yarn_softmax_scale: Answer) -> str:
     """Exercise 03.4: yarn_softmax_scale(qk_head_dim, factor, mscale_all_dim) -> DeepSeek's softmax scale with YaRN."""
 
-    def body() -> str:
-        cases = [(192, 40, 1.0), (192, 40, 0.707), (128, 4, 1.0), (48, 16, 0.5), (192, 1, 1.0)]
-        names = ["DeepSeek-V3 (192, factor 40, mscale_all_dim 1.0)", "DeepSeek-V2 (192, factor 40, mscale_all_dim 0.707)",
-                 "(128, factor 4, 1.0)", "(48, factor 16, 0.5)", "no stretch (192, factor 1)"]
-        got = [yarn_softmax_scale(*args) for args in cases]
-        want = [reference_yarn_softmax_scale(*args) for args in cases]
+    cases = [(192, 40, 1.0), (192, 40, 0.707), (128, 4, 1.0), (48, 16, 0.5), (192, 1, 1.0)]
+    names = ["DeepSeek-V3 (192, factor 40, mscale_all_dim 1.0)", "DeepSeek-V2 (192, factor 40, mscale_all_dim 0.707)",
+             "(128, factor 4, 1.0)", "(48, factor 16, 0.5)", "no stretch (192, factor 1)"]
+    got = [yarn_softmax_scale(*args) for args in cases]
+    want = [reference_yarn_softmax_scale(*args) for args in cases]
 
-        def same(a, b) -> bool:
-            if isinstance(a, torch.Tensor) and a.numel() == 1:
-                a = a.item()
-            return isinstance(a, (int, float)) and not isinstance(a, bool) and math.isclose(a, b, rel_tol=1e-6)
+    def same(a, b) -> bool:
+        if isinstance(a, torch.Tensor) and a.numel() == 1:
+            a = a.item()
+        return isinstance(a, (int, float)) and not isinstance(a, bool) and math.isclose(a, b, rel_tol=1e-6)
 
-        def all_same(answers, values) -> bool:
-            return all(same(a, b) for a, b in zip(answers, values, strict=True))
+    def all_same(answers, values) -> bool:
+        return all(same(a, b) for a, b in zip(answers, values, strict=True))
 
-        if all_same(got, want):
-            return f"right on {len(cases)} settings: DeepSeek-V3's scale is {want[0]:.5f}"
-        i = next(i for i in range(len(cases)) if not same(got[i], want[i]))
-        where = f"for {names[i]} you get {got[i]!r}; expected {want[i]:.6g}"
+    if all_same(got, want):
+        return f"right on {len(cases)} settings: DeepSeek-V3's scale is {want[0]:.5f}"
+    i = next(i for i in range(len(cases)) if not same(got[i], want[i]))
+    where = f"for {names[i]} you get {got[i]!r}; expected {want[i]:.6g}"
 
-        def m(f, a, log=math.log):
-            return 0.1 * a * log(f) + 1 if f > 1 else 1.0
+    def m(f, a, log=math.log):
+        return 0.1 * a * log(f) + 1 if f > 1 else 1.0
 
-        mistakes = [
-            (lambda d, f, a: d ** -0.5 * m(f, a), "mscale enters squared: scale = qk_head_dim^-0.5 * mscale^2 "
-             "(YaRN's factor would multiply both the query and the key)"),
-            (lambda d, f, a: d ** -0.5, "the YaRN correction is missing: multiply by mscale^2, "
-             "mscale = 0.1 * mscale_all_dim * ln(factor) + 1"),
-            (lambda d, f, a: d ** -0.5 * m(f, a, math.log10) ** 2, "use the natural logarithm (math.log), not log10"),
-            (lambda d, f, a: d ** -0.5 * m(f, 1.0) ** 2, "mscale_all_dim is ignored: "
-             "mscale = 0.1 * mscale_all_dim * ln(factor) + 1"),
-            (lambda d, f, a: d ** 0.5 * m(f, a) ** 2, "the base scale is 1/sqrt(qk_head_dim), not sqrt(qk_head_dim)"),
-            (lambda d, f, a: m(f, a) ** 2 / d, "the base scale is 1/sqrt(qk_head_dim), not 1/qk_head_dim"),
-        ]
-        wrong = [([mistake(*args) for args in cases], hint) for mistake, hint in mistakes]
-        diagnose(got, wrong, same=all_same, prefix=f"{where}. Hint: ")
-        raise _Fail(f"{where}. Hint: qk_head_dim^-0.5 * (0.1 * mscale_all_dim * ln(factor) + 1)^2, "
-                    "and just qk_head_dim^-0.5 when factor <= 1")
-
-    return _run("03.4", "yarn_softmax_scale", body)
+    mistakes = [
+        (lambda d, f, a: d ** -0.5 * m(f, a), "mscale enters squared: scale = qk_head_dim^-0.5 * mscale^2 "
+         "(YaRN's factor would multiply both the query and the key)"),
+        (lambda d, f, a: d ** -0.5, "the YaRN correction is missing: multiply by mscale^2, "
+         "mscale = 0.1 * mscale_all_dim * ln(factor) + 1"),
+        (lambda d, f, a: d ** -0.5 * m(f, a, math.log10) ** 2, "use the natural logarithm (math.log), not log10"),
+        (lambda d, f, a: d ** -0.5 * m(f, 1.0) ** 2, "mscale_all_dim is ignored: "
+         "mscale = 0.1 * mscale_all_dim * ln(factor) + 1"),
+        (lambda d, f, a: d ** 0.5 * m(f, a) ** 2, "the base scale is 1/sqrt(qk_head_dim), not sqrt(qk_head_dim)"),
+        (lambda d, f, a: m(f, a) ** 2 / d, "the base scale is 1/sqrt(qk_head_dim), not 1/qk_head_dim"),
+    ]
+    wrong = [([mistake(*args) for args in cases], hint) for mistake, hint in mistakes]
+    diagnose(got, wrong, same=all_same, prefix=f"{where}. Hint: ")
+    raise _Fail(f"{where}. Hint: qk_head_dim^-0.5 * (0.1 * mscale_all_dim * ln(factor) + 1)^2, "
+                "and just qk_head_dim^-0.5 when factor <= 1")
 
 
 __all__ = ["reference_rope_pairs", "check_rope_pairs", "reference_decoupled_scores", "check_decoupled_scores",

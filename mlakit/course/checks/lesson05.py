@@ -20,7 +20,7 @@ import torch
 from ...config import ModelConfig
 from ...layers import SwiGLU
 from ...moe import GROUP_TOP, NORM_EPS
-from ._core import CheckResult, _close, _expect_tensor, _Fail, _run, diagnose
+from ._core import Answer, _close, _expect_tensor, _Fail, checker, diagnose
 
 
 # ---------------------------------------------------------------- 05.1
@@ -82,51 +82,49 @@ _GATE_WEIGHT_MISTAKES = [
 ]
 
 
-def check_sigmoid_topk_gate(sigmoid_topk_gate: Callable) -> CheckResult:
+@checker("05.1", "sigmoid_topk_gate")
+def check_sigmoid_topk_gate(sigmoid_topk_gate: Answer) -> str:
     """Exercise 05.1: sigmoid_topk_gate(logits, bias, k, routed_scaling_factor) -> (weights, indices), V3's gate."""
 
-    def body() -> str:
-        g = torch.Generator().manual_seed(51)
-        cases = []  # (logits, bias, k, scaling factor, the learner's weights and indices sorted by expert)
-        for T, E, k, scale in [(6, 8, 2, 2.5), (5, 16, 4, 2.5), (4, 32, 8, 1.5)]:
-            logits = torch.randn(T, E, generator=g) * 1.5
-            bias = torch.randn(E, generator=g) * 0.3
-            out = sigmoid_topk_gate(logits.clone(), bias.clone(), k, scale)
-            if not (isinstance(out, tuple) and len(out) == 2):
-                raise _Fail("return a tuple (weights, indices)")
-            weights = _expect_tensor(out[0], (T, k), f"the weight tensor for {T} tokens, {E} experts, k = {k}")
-            indices = _expect_tensor(out[1], (T, k), f"the index tensor for {T} tokens, {E} experts, k = {k}")
-            if indices.dtype.is_floating_point or indices.dtype == torch.bool:
-                raise _Fail(f"the indices have dtype {indices.dtype}. Hint: return the expert ids as integers, "
-                            "e.g. the .indices of topk")
-            cases.append((logits, bias, k, scale, *_by_expert(weights.float(), indices.long())))
+    g = torch.Generator().manual_seed(51)
+    cases = []  # (logits, bias, k, scaling factor, the learner's weights and indices sorted by expert)
+    for T, E, k, scale in [(6, 8, 2, 2.5), (5, 16, 4, 2.5), (4, 32, 8, 1.5)]:
+        logits = torch.randn(T, E, generator=g) * 1.5
+        bias = torch.randn(E, generator=g) * 0.3
+        out = sigmoid_topk_gate(logits.clone(), bias.clone(), k, scale)
+        if not (isinstance(out, tuple) and len(out) == 2):
+            raise _Fail("return a tuple (weights, indices)")
+        weights = _expect_tensor(out[0], (T, k), f"the weight tensor for {T} tokens, {E} experts, k = {k}")
+        indices = _expect_tensor(out[1], (T, k), f"the index tensor for {T} tokens, {E} experts, k = {k}")
+        if indices.dtype.is_floating_point or indices.dtype == torch.bool:
+            raise _Fail(f"the indices have dtype {indices.dtype}. Hint: return the expert ids as integers, "
+                        "e.g. the .indices of topk")
+        cases.append((logits, bias, k, scale, *_by_expert(weights.float(), indices.long())))
 
-        def same(cases: list, switches: dict) -> bool:
-            """The learner's answers (the last two items of each case) equal the gate with these switches."""
-            for logits, bias, k, scale, got_w, got_i in cases:
-                want_w, want_i = _by_expert(*_gate(logits, bias, k, scale, **switches))
-                if not (torch.equal(got_i, want_i) and _close(got_w, want_w)):
-                    return False
-            return True
-
-        if same(cases, {}):
-            return f"right experts and weights on {len(cases)} inputs"
-        diagnose(cases, _GATE_SELECTION_MISTAKES + _GATE_WEIGHT_MISTAKES, same=same)
+    def same(cases: list, switches: dict) -> bool:
+        """The learner's answers (the last two items of each case) equal the gate with these switches."""
         for logits, bias, k, scale, got_w, got_i in cases:
-            want_w, want_i = _by_expert(*reference_sigmoid_topk_gate(logits, bias, k, scale))
-            where = f"with {logits.shape[1]} experts and k = {k}"
-            if not torch.equal(got_i, want_i):
-                t = int((got_i != want_i).any(dim=-1).nonzero()[0])
-                raise _Fail(f"{where}: token {t} gets experts {got_i[t].tolist()}; expected {want_i[t].tolist()}. "
-                            "Hint: the k experts with the largest sigmoid(logits) + bias")
-            if not _close(got_w, want_w):
-                sums = [round(v, 3) for v in got_w.sum(-1).tolist()[:3]]
-                raise _Fail(f"{where}: the experts are right but the weights are not (their sums per token start "
-                            f"{sums}; expected {scale} each). Hint: sigmoid(logits) of the chosen experts, divided "
-                            "by their sum, times routed_scaling_factor")
-        raise _Fail("your answer differs from the reference")  # not reached: some case differs
+            want_w, want_i = _by_expert(*_gate(logits, bias, k, scale, **switches))
+            if not (torch.equal(got_i, want_i) and _close(got_w, want_w)):
+                return False
+        return True
 
-    return _run("05.1", "sigmoid_topk_gate", body)
+    if same(cases, {}):
+        return f"right experts and weights on {len(cases)} inputs"
+    diagnose(cases, _GATE_SELECTION_MISTAKES + _GATE_WEIGHT_MISTAKES, same=same)
+    for logits, bias, k, scale, got_w, got_i in cases:
+        want_w, want_i = _by_expert(*reference_sigmoid_topk_gate(logits, bias, k, scale))
+        where = f"with {logits.shape[1]} experts and k = {k}"
+        if not torch.equal(got_i, want_i):
+            t = int((got_i != want_i).any(dim=-1).nonzero()[0])
+            raise _Fail(f"{where}: token {t} gets experts {got_i[t].tolist()}; expected {want_i[t].tolist()}. "
+                        "Hint: the k experts with the largest sigmoid(logits) + bias")
+        if not _close(got_w, want_w):
+            sums = [round(v, 3) for v in got_w.sum(-1).tolist()[:3]]
+            raise _Fail(f"{where}: the experts are right but the weights are not (their sums per token start "
+                        f"{sums}; expected {scale} each). Hint: sigmoid(logits) of the chosen experts, divided "
+                        "by their sum, times routed_scaling_factor")
+    raise _Fail("your answer differs from the reference")  # not reached: some case differs
 
 
 # ---------------------------------------------------------------- 05.2
@@ -175,48 +173,46 @@ _GROUP_MISTAKES = [
 ]
 
 
-def check_group_limited_mask(group_limited_mask: Callable) -> CheckResult:
+@checker("05.2", "group_limited_mask")
+def check_group_limited_mask(group_limited_mask: Answer) -> str:
     """Exercise 05.2: group_limited_mask(scores, n_group, topk_group) -> (T, E) bool mask of the kept groups."""
 
-    def body() -> str:
-        g = torch.Generator().manual_seed(52)
-        cases = []  # (scores, n_group, topk_group, the learner's mask)
-        for T, E, n_group, topk_group in [(6, 16, 4, 2), (5, 32, 8, 4), (4, 12, 3, 1), (3, 8, 1, 1)]:
-            scores = torch.rand(T, E, generator=g) + 0.1 * torch.randn(T, E, generator=g)
-            where = f"with {E} experts in {n_group} groups, keeping {topk_group}"
-            got = _expect_tensor(group_limited_mask(scores.clone(), n_group, topk_group), (T, E), f"the mask {where}")
-            if got.dtype != torch.bool:
-                if got.dtype.is_floating_point and torch.isinf(got).any():
-                    raise _Fail(f"{where}: you returned masked scores. Hint: return the bool mask itself, "
-                                "True for the experts of the kept groups")
-                raise _Fail(f"{where}: the mask has dtype {got.dtype}. Hint: return a bool tensor, True for the "
-                            "experts of the kept groups")
-            cases.append((scores, n_group, topk_group, got))
+    g = torch.Generator().manual_seed(52)
+    cases = []  # (scores, n_group, topk_group, the learner's mask)
+    for T, E, n_group, topk_group in [(6, 16, 4, 2), (5, 32, 8, 4), (4, 12, 3, 1), (3, 8, 1, 1)]:
+        scores = torch.rand(T, E, generator=g) + 0.1 * torch.randn(T, E, generator=g)
+        where = f"with {E} experts in {n_group} groups, keeping {topk_group}"
+        got = _expect_tensor(group_limited_mask(scores.clone(), n_group, topk_group), (T, E), f"the mask {where}")
+        if got.dtype != torch.bool:
+            if got.dtype.is_floating_point and torch.isinf(got).any():
+                raise _Fail(f"{where}: you returned masked scores. Hint: return the bool mask itself, "
+                            "True for the experts of the kept groups")
+            raise _Fail(f"{where}: the mask has dtype {got.dtype}. Hint: return a bool tensor, True for the "
+                        "experts of the kept groups")
+        cases.append((scores, n_group, topk_group, got))
 
-        def same(cases: list, switches: dict) -> bool:
-            return all(torch.equal(got, _group_mask(scores, G, kg, **switches)) for scores, G, kg, got in cases)
+    def same(cases: list, switches: dict) -> bool:
+        return all(torch.equal(got, _group_mask(scores, G, kg, **switches)) for scores, G, kg, got in cases)
 
-        if same(cases, {}):
-            return f"keeps the right groups on {len(cases)} inputs, V3's 8 groups keep 4 included"
-        diagnose(cases, _GROUP_MISTAKES, same=same)
-        for scores, n_group, topk_group, got in cases:
-            want = reference_group_limited_mask(scores, n_group, topk_group)
-            if torch.equal(got, want):
-                continue
-            E = scores.shape[1]
-            where = f"with {E} experts in {n_group} groups, keeping {topk_group}"
-            per_token, expected = got.sum(-1).tolist(), topk_group * (E // n_group)
-            if any(n != expected for n in per_token):
-                raise _Fail(f"{where}: tokens keep {per_token} experts; expected {expected} each (topk_group whole "
-                            "groups of E / n_group experts). Hint: choose groups, then keep every expert of a chosen "
-                            "group")
-            t = int((got != want).any(dim=-1).nonzero()[0])
-            raise _Fail(f"{where}: token {t} keeps experts {got[t].nonzero().flatten().tolist()}; expected "
-                        f"{want[t].nonzero().flatten().tolist()}. Hint: group score = sum of the group's two largest "
-                        "scores; keep the topk_group best groups")
-        raise _Fail("your mask differs from the reference")  # not reached: some case differs
-
-    return _run("05.2", "group_limited_mask", body)
+    if same(cases, {}):
+        return f"keeps the right groups on {len(cases)} inputs, V3's 8 groups keep 4 included"
+    diagnose(cases, _GROUP_MISTAKES, same=same)
+    for scores, n_group, topk_group, got in cases:
+        want = reference_group_limited_mask(scores, n_group, topk_group)
+        if torch.equal(got, want):
+            continue
+        E = scores.shape[1]
+        where = f"with {E} experts in {n_group} groups, keeping {topk_group}"
+        per_token, expected = got.sum(-1).tolist(), topk_group * (E // n_group)
+        if any(n != expected for n in per_token):
+            raise _Fail(f"{where}: tokens keep {per_token} experts; expected {expected} each (topk_group whole "
+                        "groups of E / n_group experts). Hint: choose groups, then keep every expert of a chosen "
+                        "group")
+        t = int((got != want).any(dim=-1).nonzero()[0])
+        raise _Fail(f"{where}: token {t} keeps experts {got[t].nonzero().flatten().tolist()}; expected "
+                    f"{want[t].nonzero().flatten().tolist()}. Hint: group score = sum of the group's two largest "
+                    "scores; keep the topk_group best groups")
+    raise _Fail("your mask differs from the reference")  # not reached: some case differs
 
 
 # ---------------------------------------------------------------- 05.3
@@ -275,33 +271,31 @@ def _as_number(value) -> int | float:
     return value
 
 
-def check_ffn_active_parameters(ffn_active_parameters: Callable) -> CheckResult:
+@checker("05.3", "ffn_active_parameters")
+def check_ffn_active_parameters(ffn_active_parameters: Answer) -> str:
     """Exercise 05.3: ffn_active_parameters(config) -> feed-forward parameters one token uses."""
 
-    def body() -> str:
-        configs = [("deepseek-v3", ModelConfig.from_preset("deepseek-v3")),
-                   ("deepseek-v2", ModelConfig.from_preset("deepseek-v2")),
-                   ("nano", ModelConfig.from_preset("nano")),
-                   ("a custom config", ModelConfig(n_routed_experts=16, n_shared_experts=2, num_experts_per_tok=3,
-                                                   n_group=4, topk_group=2, first_k_dense_replace=2))]
-        got = [_as_number(ffn_active_parameters(config)) for _, config in configs]
-        want = [reference_ffn_active_parameters(config) for _, config in configs]
-        if got != want:
-            i = next(i for i in range(len(configs)) if got[i] != want[i])
-            where = f"for {configs[i][0]} you get {got[i]:,.0f}; expected {want[i]:,}"
-            diagnose(got, _ACTIVE_MISTAKES, prefix=f"{where}: ",
-                     same=lambda answers, switches: answers == [_ffn_active(c, **switches) for _, c in configs])
-            raise _Fail(f"{where}. Hint: dense layers x 3 d intermediate_size + MoE layers x (router n_routed_experts "
-                        "x d + (n_shared_experts + num_experts_per_tok) x 3 d moe_intermediate_size)")
-        dense = ModelConfig.from_preset("nano", n_routed_experts=0, first_k_dense_replace=0)
-        value, expected = _as_number(ffn_active_parameters(dense)), reference_ffn_active_parameters(dense)
-        if value != expected:
-            raise _Fail(f"for nano without experts (n_routed_experts = 0) you get {value:,.0f}; expected {expected:,}. "
-                        "Hint: a config without routed experts is dense: every layer has a dense FFN of width "
-                        "intermediate_size (see mlakit.model.Block)")
-        return f"right for {len(configs)} MoE configs, V3 and V2 included, and a dense one"
-
-    return _run("05.3", "ffn_active_parameters", body)
+    configs = [("deepseek-v3", ModelConfig.from_preset("deepseek-v3")),
+               ("deepseek-v2", ModelConfig.from_preset("deepseek-v2")),
+               ("nano", ModelConfig.from_preset("nano")),
+               ("a custom config", ModelConfig(n_routed_experts=16, n_shared_experts=2, num_experts_per_tok=3,
+                                               n_group=4, topk_group=2, first_k_dense_replace=2))]
+    got = [_as_number(ffn_active_parameters(config)) for _, config in configs]
+    want = [reference_ffn_active_parameters(config) for _, config in configs]
+    if got != want:
+        i = next(i for i in range(len(configs)) if got[i] != want[i])
+        where = f"for {configs[i][0]} you get {got[i]:,.0f}; expected {want[i]:,}"
+        diagnose(got, _ACTIVE_MISTAKES, prefix=f"{where}: ",
+                 same=lambda answers, switches: answers == [_ffn_active(c, **switches) for _, c in configs])
+        raise _Fail(f"{where}. Hint: dense layers x 3 d intermediate_size + MoE layers x (router n_routed_experts "
+                    "x d + (n_shared_experts + num_experts_per_tok) x 3 d moe_intermediate_size)")
+    dense = ModelConfig.from_preset("nano", n_routed_experts=0, first_k_dense_replace=0)
+    value, expected = _as_number(ffn_active_parameters(dense)), reference_ffn_active_parameters(dense)
+    if value != expected:
+        raise _Fail(f"for nano without experts (n_routed_experts = 0) you get {value:,.0f}; expected {expected:,}. "
+                    "Hint: a config without routed experts is dense: every layer has a dense FFN of width "
+                    "intermediate_size (see mlakit.model.Block)")
+    return f"right for {len(configs)} MoE configs, V3 and V2 included, and a dense one"
 
 
 # ---------------------------------------------------------------- 05.4
@@ -347,42 +341,40 @@ _COMBINE_MISTAKES = [
 ]
 
 
-def check_combine_experts(combine_experts: Callable) -> CheckResult:
+@checker("05.4", "combine_experts")
+def check_combine_experts(combine_experts: Answer) -> str:
     """Exercise 05.4: combine_experts(x, shared, experts, weights, indices) -> shared(x) + sum_k g_k expert_k(x)."""
 
-    def body() -> str:
-        g = torch.Generator().manual_seed(54)
-        cases = []  # (x, shared, experts, weights, indices, the learner's output)
-        with torch.no_grad():
-            for T, H, E, k in [(7, 8, 4, 2), (5, 12, 6, 3)]:
-                with torch.random.fork_rng(devices=[]):  # seeded experts, the learner's random state untouched
-                    torch.manual_seed(540 + E)
-                    shared = SwiGLU(H, 2 * H)
-                    experts = [SwiGLU(H, H) for _ in range(E)]
-                x = torch.randn(T, H, generator=g)
-                indices = torch.rand(T, E, generator=g).argsort(dim=-1)[:, :k]  # (T, k) distinct experts per token
-                weights = torch.rand(T, k, generator=g) * 2.5
-                got = combine_experts(x.clone(), shared, experts, weights.clone(), indices.clone())
-                got = _expect_tensor(got, (T, H), f"the output for x of shape {(T, H)}").float()
-                cases.append((x, shared, experts, weights, indices, got))
+    g = torch.Generator().manual_seed(54)
+    cases = []  # (x, shared, experts, weights, indices, the learner's output)
+    with torch.no_grad():
+        for T, H, E, k in [(7, 8, 4, 2), (5, 12, 6, 3)]:
+            with torch.random.fork_rng(devices=[]):  # seeded experts, the learner's random state untouched
+                torch.manual_seed(540 + E)
+                shared = SwiGLU(H, 2 * H)
+                experts = [SwiGLU(H, H) for _ in range(E)]
+            x = torch.randn(T, H, generator=g)
+            indices = torch.rand(T, E, generator=g).argsort(dim=-1)[:, :k]  # (T, k) distinct experts per token
+            weights = torch.rand(T, k, generator=g) * 2.5
+            got = combine_experts(x.clone(), shared, experts, weights.clone(), indices.clone())
+            got = _expect_tensor(got, (T, H), f"the output for x of shape {(T, H)}").float()
+            cases.append((x, shared, experts, weights, indices, got))
 
-            def same(cases: list, switches: dict) -> bool:
-                return all(_close(got, _combine(x, s, e, w, i, **switches)) for x, s, e, w, i, got in cases)
+        def same(cases: list, switches: dict) -> bool:
+            return all(_close(got, _combine(x, s, e, w, i, **switches)) for x, s, e, w, i, got in cases)
 
-            if same(cases, {}):
-                return f"matches shared(x) + sum_k g_k expert_k(x) on {len(cases)} inputs"
-            diagnose(cases, _COMBINE_MISTAKES, same=same)
-            for x, shared, experts, weights, indices, got in cases:
-                want = reference_combine_experts(x, shared, experts, weights, indices)
-                if _close(got, want):
-                    continue
-                differs = (~torch.isclose(got, want, atol=1e-5, rtol=1e-4)).any(dim=-1).nonzero().flatten()
-                which = f"token {int(differs[0])} differs" if differs.numel() else "the output differs"
-                raise _Fail(f"with {len(experts)} experts and k = {indices.shape[1]}: {which} from the reference. "
-                            "Hint: out[t] = shared(x)[t] + sum_k weights[t, k] * experts[indices[t, k]](x[t])")
-        raise _Fail("your output differs from the reference")  # not reached: some case differs
-
-    return _run("05.4", "combine_experts", body)
+        if same(cases, {}):
+            return f"matches shared(x) + sum_k g_k expert_k(x) on {len(cases)} inputs"
+        diagnose(cases, _COMBINE_MISTAKES, same=same)
+        for x, shared, experts, weights, indices, got in cases:
+            want = reference_combine_experts(x, shared, experts, weights, indices)
+            if _close(got, want):
+                continue
+            differs = (~torch.isclose(got, want, atol=1e-5, rtol=1e-4)).any(dim=-1).nonzero().flatten()
+            which = f"token {int(differs[0])} differs" if differs.numel() else "the output differs"
+            raise _Fail(f"with {len(experts)} experts and k = {indices.shape[1]}: {which} from the reference. "
+                        "Hint: out[t] = shared(x)[t] + sum_k weights[t, k] * experts[indices[t, k]](x[t])")
+    raise _Fail("your output differs from the reference")  # not reached: some case differs
 
 
 __all__ = ["reference_sigmoid_topk_gate", "check_sigmoid_topk_gate", "reference_group_limited_mask",

@@ -13,7 +13,7 @@ from collections.abc import Callable
 import torch
 
 from ...moe import max_violation, sequence_balance_loss
-from ._core import CheckResult, _close, _expect_tensor, _Fail, _run, diagnose
+from ._core import Answer, _close, _expect_tensor, _Fail, checker, diagnose
 
 
 def _call_on_counts(fn: Callable, *args):
@@ -53,48 +53,46 @@ def _max_violation_cases() -> list[torch.Tensor]:
     ]
 
 
-def check_max_violation(max_violation_fn: Callable) -> CheckResult:
+@checker("06.1", "max_violation")
+def check_max_violation(max_violation_fn: Answer) -> str:
     """Exercise 06.1: max_violation(counts) -> MaxVio over the last dim, shape counts.shape[:-1]."""
 
-    def body() -> str:
-        cases = _max_violation_cases()
-        for counts in cases:
-            want = reference_max_violation(counts)
-            got = _as_float_tensor(_call_on_counts(max_violation_fn, counts.clone()), f"max_violation of counts {tuple(counts.shape)}")
-            if got.shape != want.shape and got.numel() == want.numel() == 1:
-                got = got.reshape(want.shape)
-            label = f"for counts {counts.tolist()}" if counts.dim() == 1 else f"for counts of shape {tuple(counts.shape)}"
-            if got.shape != want.shape:
-                load = counts.float()
-                if counts.dim() > 1 and got.shape == load.shape[1:] or got.numel() == 1:
-                    raise _Fail(f"{label} you return shape {tuple(got.shape)}; expected {tuple(want.shape)}. "
-                                "Hint: reduce over the experts only, the last dimension (dim=-1), "
-                                "so there is one MaxVio per layer and step")
-                _expect_tensor(got, want.shape, f"max_violation {label}")
-            if _close(got, want):
-                continue
+    cases = _max_violation_cases()
+    for counts in cases:
+        want = reference_max_violation(counts)
+        got = _as_float_tensor(_call_on_counts(max_violation_fn, counts.clone()), f"max_violation of counts {tuple(counts.shape)}")
+        if got.shape != want.shape and got.numel() == want.numel() == 1:
+            got = got.reshape(want.shape)
+        label = f"for counts {counts.tolist()}" if counts.dim() == 1 else f"for counts of shape {tuple(counts.shape)}"
+        if got.shape != want.shape:
             load = counts.float()
-            mean, top = load.mean(-1), load.amax(-1)
-            mistakes = [
-                ((top - mean) / top, "you divided by the largest load. Hint: MaxVio is relative to the MEAN load"),
-                (top / mean, "you forgot to subtract the mean: a perfectly balanced layer must give 0, not 1. "
-                             "Hint: (max load - mean load) / mean load"),
-                (top - mean, "that is the excess in tokens, not relative to the mean. Hint: divide by the mean load"),
-                ((mean - load.amin(-1)) / mean, "you measured the most UNDERloaded expert. Hint: use the largest load"),
-                (load.std(-1) / mean, "that is the coefficient of variation (std / mean). Hint: MaxVio uses the "
-                                      "single most loaded expert: (max - mean) / mean"),
-                ((top - mean) / load.sum(-1), "you divided by the total load. Hint: divide by the mean load "
-                                              "(total / number of experts)"),
-            ]
-            diagnose(got, mistakes,
-                     prefix=f"{label} you get {got.flatten()[:4].tolist()}; expected "
-                            f"{[round(v, 4) for v in want.flatten()[:4].tolist()]}: ")
-            raise _Fail(f"{label} you get {[round(v, 4) for v in got.flatten()[:4].tolist()]}; expected "
-                        f"{[round(v, 4) for v in want.flatten()[:4].tolist()]}. "
-                        "Hint: (counts.max(-1) - counts.mean(-1)) / counts.mean(-1), in floats")
-        return f"right on {len(cases)} inputs, balanced, collapsed and stacked loads included"
-
-    return _run("06.1", "max_violation", body)
+            if counts.dim() > 1 and got.shape == load.shape[1:] or got.numel() == 1:
+                raise _Fail(f"{label} you return shape {tuple(got.shape)}; expected {tuple(want.shape)}. "
+                            "Hint: reduce over the experts only, the last dimension (dim=-1), "
+                            "so there is one MaxVio per layer and step")
+            _expect_tensor(got, want.shape, f"max_violation {label}")
+        if _close(got, want):
+            continue
+        load = counts.float()
+        mean, top = load.mean(-1), load.amax(-1)
+        mistakes = [
+            ((top - mean) / top, "you divided by the largest load. Hint: MaxVio is relative to the MEAN load"),
+            (top / mean, "you forgot to subtract the mean: a perfectly balanced layer must give 0, not 1. "
+                         "Hint: (max load - mean load) / mean load"),
+            (top - mean, "that is the excess in tokens, not relative to the mean. Hint: divide by the mean load"),
+            ((mean - load.amin(-1)) / mean, "you measured the most UNDERloaded expert. Hint: use the largest load"),
+            (load.std(-1) / mean, "that is the coefficient of variation (std / mean). Hint: MaxVio uses the "
+                                  "single most loaded expert: (max - mean) / mean"),
+            ((top - mean) / load.sum(-1), "you divided by the total load. Hint: divide by the mean load "
+                                          "(total / number of experts)"),
+        ]
+        diagnose(got, mistakes,
+                 prefix=f"{label} you get {got.flatten()[:4].tolist()}; expected "
+                        f"{[round(v, 4) for v in want.flatten()[:4].tolist()]}: ")
+        raise _Fail(f"{label} you get {[round(v, 4) for v in got.flatten()[:4].tolist()]}; expected "
+                    f"{[round(v, 4) for v in want.flatten()[:4].tolist()]}. "
+                    "Hint: (counts.max(-1) - counts.mean(-1)) / counts.mean(-1), in floats")
+    return f"right on {len(cases)} inputs, balanced, collapsed and stacked loads included"
 
 
 # ---------------------------------------------------------------- 06.2
@@ -114,46 +112,44 @@ def _bias_cases() -> list[tuple[torch.Tensor, torch.Tensor, float]]:
     ]
 
 
-def check_bias_update(bias_update: Callable) -> CheckResult:
+@checker("06.2", "bias_update")
+def check_bias_update(bias_update: Answer) -> str:
     """Exercise 06.2: bias_update(bias, counts, gamma) -> new bias; one aux-loss-free step per layer (row)."""
 
-    def body() -> str:
-        for bias, counts, gamma in _bias_cases():
-            want = reference_bias_update(bias, counts, gamma)
-            before = bias.clone()
-            out = _call_on_counts(bias_update, bias, counts.clone(), gamma)
-            if out is None:
-                raise _Fail("your function returned None. Hint: return the new bias (bias + the step)")
-            got = _expect_tensor(out, want.shape, f"the new bias for counts of shape {tuple(counts.shape)}")
-            got = got.detach().float()
-            label = f"for counts {counts.tolist()}, gamma {gamma}"
-            if _close(got, want):
-                continue
-            load = counts.float()
-            row_mean = load.mean(-1, keepdim=True)  # (L, 1) or (1,)
-            mistakes = [
-                (before - gamma * torch.sign(row_mean - load),
-                 "the sign is reversed: you made overloaded experts MORE attractive. Hint: an expert above the mean "
-                 "load must LOSE bias: b_i += gamma * sign(mean - load_i)"),
-                (before + gamma * torch.sign(load.mean(0, keepdim=True) - load) if load.dim() == 2 else None,
-                 "you took the mean over the layers (dim 0). Hint: compare each expert with the mean "
-                 "load of ITS layer: mean over the experts, dim=-1, keepdim=True"),
-                (before, "the bias did not move. Hint: add gamma * sign(mean - load) to it"),
-                (before + gamma * (row_mean - load),
-                 "the step is proportional to the imbalance. Hint: DeepSeek moves every bias by exactly gamma, "
-                 "up or down: use torch.sign(mean - load)"),
-                (before + gamma * torch.where(load > row_mean, -1.0, 1.0),
-                 "an expert exactly at the mean load moved. Hint: torch.sign gives 0 there, so its bias stays"),
-                (before + gamma * torch.sign(row_mean - load) / load.shape[-1],
-                 "each step is gamma divided by the number of experts. Hint: the step is gamma itself"),
-            ]
-            diagnose(got, mistakes, prefix=f"{label}: ")
-            raise _Fail(f"{label} you get {got.flatten()[:4].tolist()}; expected "
-                        f"{[round(v, 4) for v in want.flatten()[:4].tolist()]}. "
-                        "Hint: bias + gamma * torch.sign(counts.mean(-1, keepdim=True) - counts), in floats")
-        return "one step per layer: overloaded experts lose gamma, underloaded gain gamma, the mean stays"
-
-    return _run("06.2", "bias_update", body)
+    for bias, counts, gamma in _bias_cases():
+        want = reference_bias_update(bias, counts, gamma)
+        before = bias.clone()
+        out = _call_on_counts(bias_update, bias, counts.clone(), gamma)
+        if out is None:
+            raise _Fail("your function returned None. Hint: return the new bias (bias + the step)")
+        got = _expect_tensor(out, want.shape, f"the new bias for counts of shape {tuple(counts.shape)}")
+        got = got.detach().float()
+        label = f"for counts {counts.tolist()}, gamma {gamma}"
+        if _close(got, want):
+            continue
+        load = counts.float()
+        row_mean = load.mean(-1, keepdim=True)  # (L, 1) or (1,)
+        mistakes = [
+            (before - gamma * torch.sign(row_mean - load),
+             "the sign is reversed: you made overloaded experts MORE attractive. Hint: an expert above the mean "
+             "load must LOSE bias: b_i += gamma * sign(mean - load_i)"),
+            (before + gamma * torch.sign(load.mean(0, keepdim=True) - load) if load.dim() == 2 else None,
+             "you took the mean over the layers (dim 0). Hint: compare each expert with the mean "
+             "load of ITS layer: mean over the experts, dim=-1, keepdim=True"),
+            (before, "the bias did not move. Hint: add gamma * sign(mean - load) to it"),
+            (before + gamma * (row_mean - load),
+             "the step is proportional to the imbalance. Hint: DeepSeek moves every bias by exactly gamma, "
+             "up or down: use torch.sign(mean - load)"),
+            (before + gamma * torch.where(load > row_mean, -1.0, 1.0),
+             "an expert exactly at the mean load moved. Hint: torch.sign gives 0 there, so its bias stays"),
+            (before + gamma * torch.sign(row_mean - load) / load.shape[-1],
+             "each step is gamma divided by the number of experts. Hint: the step is gamma itself"),
+        ]
+        diagnose(got, mistakes, prefix=f"{label}: ")
+        raise _Fail(f"{label} you get {got.flatten()[:4].tolist()}; expected "
+                    f"{[round(v, 4) for v in want.flatten()[:4].tolist()]}. "
+                    "Hint: bias + gamma * torch.sign(counts.mean(-1, keepdim=True) - counts), in floats")
+    return "one step per layer: overloaded experts lose gamma, underloaded gain gamma, the mean stays"
 
 
 # ---------------------------------------------------------------- 06.3
@@ -198,39 +194,37 @@ def _loss_variants(scores: torch.Tensor, indices: torch.Tensor, alpha: float) ->
     ]
 
 
-def check_seq_balance_loss(seq_balance_loss: Callable) -> CheckResult:
+@checker("06.3", "seq_balance_loss")
+def check_seq_balance_loss(seq_balance_loss: Answer) -> str:
     """Exercise 06.3: seq_balance_loss(scores (B, T, E), indices (B, T, k), alpha) -> V3's sequence-wise loss."""
 
-    def body() -> str:
-        cases = [(4, 12, 8, 2, 63, 2.0, 0.01), (3, 7, 16, 3, 64, 3.0, 0.1), (2, 5, 6, 1, 65, 1.0, 1.0)]
-        for B, T, E, k, seed, skew, alpha in cases:
-            scores, indices = _loss_inputs(B, T, E, k, seed, skew)
-            want = reference_seq_balance_loss(scores, indices, alpha)
-            leaf = scores.clone().requires_grad_(True)
-            out = seq_balance_loss(leaf, indices.clone(), alpha)
-            got = _as_float_tensor(out, "the loss")
-            label = f"for B={B} sequences of T={T} tokens, E={E} experts, k={k}, alpha={alpha}"
-            if got.numel() != 1:
-                raise _Fail(f"{label} the loss has shape {tuple(got.shape)}; expected a scalar. "
-                            "Hint: average the per-sequence losses over the batch")
-            got = got.reshape(())
-            if not _close(got, want):
-                diagnose(got, _loss_variants(scores, indices, alpha), same=lambda a, b: _close(a, b.reshape(())),
-                         prefix=f"{label} you get {got.item():.5f}; expected {want.item():.5f}: ")
-                raise _Fail(f"{label} you get {got.item():.5f}; expected {want.item():.5f}. Hint: per sequence, "
-                            "f_i = E / (k T) x count of tokens choosing i and P_i = mean over t of s_i / sum_j s_j; "
-                            "loss = alpha x mean over sequences of sum_i f_i P_i")
-            if not isinstance(out, torch.Tensor) or not out.requires_grad:
-                raise _Fail(f"{label} the value is right but no gradient reaches the scores. Hint: keep P_i a "
-                            "differentiable function of the scores (no .item(), .detach() or torch.no_grad())")
-            (grad,) = torch.autograd.grad(out.reshape(()), leaf)
-            want_grad = torch.autograd.grad(reference_seq_balance_loss(leaf, indices, alpha), leaf)[0]
-            if not _close(grad, want_grad, atol=1e-6, rtol=1e-3):
-                raise _Fail(f"{label} the value is right but its gradient is not. Hint: the gradient flows through "
-                            "P_i only; f_i is a count")
-        return f"value and gradient match on {len(cases)} batches"
-
-    return _run("06.3", "seq_balance_loss", body)
+    cases = [(4, 12, 8, 2, 63, 2.0, 0.01), (3, 7, 16, 3, 64, 3.0, 0.1), (2, 5, 6, 1, 65, 1.0, 1.0)]
+    for B, T, E, k, seed, skew, alpha in cases:
+        scores, indices = _loss_inputs(B, T, E, k, seed, skew)
+        want = reference_seq_balance_loss(scores, indices, alpha)
+        leaf = scores.clone().requires_grad_(True)
+        out = seq_balance_loss(leaf, indices.clone(), alpha)
+        got = _as_float_tensor(out, "the loss")
+        label = f"for B={B} sequences of T={T} tokens, E={E} experts, k={k}, alpha={alpha}"
+        if got.numel() != 1:
+            raise _Fail(f"{label} the loss has shape {tuple(got.shape)}; expected a scalar. "
+                        "Hint: average the per-sequence losses over the batch")
+        got = got.reshape(())
+        if not _close(got, want):
+            diagnose(got, _loss_variants(scores, indices, alpha), same=lambda a, b: _close(a, b.reshape(())),
+                     prefix=f"{label} you get {got.item():.5f}; expected {want.item():.5f}: ")
+            raise _Fail(f"{label} you get {got.item():.5f}; expected {want.item():.5f}. Hint: per sequence, "
+                        "f_i = E / (k T) x count of tokens choosing i and P_i = mean over t of s_i / sum_j s_j; "
+                        "loss = alpha x mean over sequences of sum_i f_i P_i")
+        if not isinstance(out, torch.Tensor) or not out.requires_grad:
+            raise _Fail(f"{label} the value is right but no gradient reaches the scores. Hint: keep P_i a "
+                        "differentiable function of the scores (no .item(), .detach() or torch.no_grad())")
+        (grad,) = torch.autograd.grad(out.reshape(()), leaf)
+        want_grad = torch.autograd.grad(reference_seq_balance_loss(leaf, indices, alpha), leaf)[0]
+        if not _close(grad, want_grad, atol=1e-6, rtol=1e-3):
+            raise _Fail(f"{label} the value is right but its gradient is not. Hint: the gradient flows through "
+                        "P_i only; f_i is a count")
+    return f"value and gradient match on {len(cases)} batches"
 
 
 __all__ = [

@@ -13,7 +13,6 @@ and :func:`diagnose` names the one the learner's answer equals.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -21,7 +20,7 @@ from torch import nn
 
 from ...config import ModelConfig
 from ...model import MTPModule
-from ._core import CheckResult, _close, _expect_tensor, _Fail, _run, diagnose
+from ._core import Answer, _close, _expect_tensor, _Fail, checker, diagnose
 
 
 # ---------------------------------------------------------------- 07.1
@@ -86,37 +85,35 @@ def _mtp_parts(seed: int, d: int = 16, vocab: int = 23):
     return module, embed
 
 
-def check_mtp_input(mtp_input: Callable) -> CheckResult:
+@checker("07.1", "mtp_input")
+def check_mtp_input(mtp_input: Answer) -> str:
     """Exercise 07.1: mtp_input(h, input_ids, embed_tokens, enorm, hnorm, eh_proj) -> (B, T - 1, d)."""
 
-    def body() -> str:
-        cases = [(2, 7, 0), (1, 5, 1), (3, 2, 2)]
-        for B, T, seed in cases:
-            module, embed = _mtp_parts(seed)
-            g = torch.Generator().manual_seed(100 + seed)
-            h = torch.randn(B, T, 16, generator=g) * 4.0  # (B, T, d)
-            ids = torch.randint(0, 23, (B, T), generator=g)  # (B, T)
-            mods = (embed, module.enorm, module.hnorm, module.eh_proj)
-            with torch.no_grad():
-                want = reference_mtp_input(h, ids, *mods)
-                got = mtp_input(h.clone(), ids.clone(), *mods)
-            if isinstance(got, torch.Tensor) and tuple(got.shape) == (B, T, 16):
-                raise _Fail(f"the result has all T = {T} positions; expected T - 1 = {T - 1}. Hint: the last position "
-                            "has no next token t_{i+1}: use h[:, :-1] with embed_tokens(input_ids[:, 1:])")
-            if isinstance(got, torch.Tensor) and tuple(got.shape) == (B, T - 1, 32):
-                raise _Fail("the result is 2d wide: the concatenation was not projected. Hint: apply eh_proj "
-                            "(2d -> d) to torch.cat([...], dim=-1)")
-            got = _expect_tensor(got, want.shape, f"mtp_input for B={B}, T={T}")
-            if _close(got, want):
-                continue
-            with torch.no_grad():
-                wrong = [(_mtp_input(h, ids, *mods, **switches), hint) for switches, hint in _MTP_INPUT_MISTAKES]
-            diagnose(got, wrong)
-            raise _Fail(f"values differ from the reference for B={B}, T={T}. Hint: "
-                        "eh_proj(torch.cat([enorm(embed_tokens(input_ids[:, 1:])), hnorm(h[:, :-1])], dim=-1))")
-        return f"matches the reference on {len(cases)} inputs: Emb(t_(i+1)) first, both normalised, T - 1 positions"
-
-    return _run("07.1", "mtp_input", body)
+    cases = [(2, 7, 0), (1, 5, 1), (3, 2, 2)]
+    for B, T, seed in cases:
+        module, embed = _mtp_parts(seed)
+        g = torch.Generator().manual_seed(100 + seed)
+        h = torch.randn(B, T, 16, generator=g) * 4.0  # (B, T, d)
+        ids = torch.randint(0, 23, (B, T), generator=g)  # (B, T)
+        mods = (embed, module.enorm, module.hnorm, module.eh_proj)
+        with torch.no_grad():
+            want = reference_mtp_input(h, ids, *mods)
+            got = mtp_input(h.clone(), ids.clone(), *mods)
+        if isinstance(got, torch.Tensor) and tuple(got.shape) == (B, T, 16):
+            raise _Fail(f"the result has all T = {T} positions; expected T - 1 = {T - 1}. Hint: the last position "
+                        "has no next token t_{i+1}: use h[:, :-1] with embed_tokens(input_ids[:, 1:])")
+        if isinstance(got, torch.Tensor) and tuple(got.shape) == (B, T - 1, 32):
+            raise _Fail("the result is 2d wide: the concatenation was not projected. Hint: apply eh_proj "
+                        "(2d -> d) to torch.cat([...], dim=-1)")
+        got = _expect_tensor(got, want.shape, f"mtp_input for B={B}, T={T}")
+        if _close(got, want):
+            continue
+        with torch.no_grad():
+            wrong = [(_mtp_input(h, ids, *mods, **switches), hint) for switches, hint in _MTP_INPUT_MISTAKES]
+        diagnose(got, wrong)
+        raise _Fail(f"values differ from the reference for B={B}, T={T}. Hint: "
+                    "eh_proj(torch.cat([enorm(embed_tokens(input_ids[:, 1:])), hnorm(h[:, :-1])], dim=-1))")
+    return f"matches the reference on {len(cases)} inputs: Emb(t_(i+1)) first, both normalised, T - 1 positions"
 
 
 # ---------------------------------------------------------------- 07.2
@@ -163,39 +160,37 @@ def _mtp_loss_mistakes(logits, targets, mask):
     ]
 
 
-def check_mtp_loss(mtp_loss: Callable) -> CheckResult:
+@checker("07.2", "mtp_loss")
+def check_mtp_loss(mtp_loss: Answer) -> str:
     """Exercise 07.2: mtp_loss(mtp_logits, targets, loss_mask) -> the MTP cross-entropy (a scalar tensor)."""
 
-    def body() -> str:
-        g = torch.Generator().manual_seed(72)
-        B, T, V = 3, 10, 11
-        starts, ends = [2, 4, 3], [10, 7, 9]  # prompt before start, padding after end: each row differs
-        cases = []
-        for scale in (1.0, 3.0):
-            logits = torch.randn(B, T - 1, V, generator=g) * scale  # (B, T - 1, V)
-            targets = torch.randint(0, V, (B, T), generator=g)  # (B, T)
-            mask = torch.zeros(B, T)
-            for row, (s, e) in enumerate(zip(starts, ends, strict=True)):
-                mask[row, s:e] = 1.0
-            cases.append((logits, targets, mask))
-        for logits, targets, mask in cases:
-            want = reference_mtp_loss(logits, targets, mask)
-            got = mtp_loss(logits.clone(), targets.clone(), mask.clone())
-            if not isinstance(got, torch.Tensor):
-                raise _Fail(f"return a scalar torch.Tensor (so it can be backpropagated), got {type(got).__name__}")
-            if got.numel() != 1:
-                raise _Fail(f"the loss has shape {tuple(got.shape)}; expected a scalar. Hint: average the masked "
-                            "per-token losses into one number")
-            got = got.reshape(())
-            if _close(got, want):
-                continue
-            diagnose(got, _mtp_loss_mistakes(logits, targets, mask),
-                     prefix=f"your loss is {got.item():.4f}; expected {want.item():.4f}: ")
-            raise _Fail(f"your loss is {got.item():.4f}; expected {want.item():.4f}. Hint: cross-entropy of "
-                        "mtp_logits against targets[:, 1:], averaged where loss_mask[:, 1:] is 1")
-        return f"matches the reference on {len(cases)} batches: predicts t_(i+2) and counts only masked positions"
-
-    return _run("07.2", "mtp_loss", body)
+    g = torch.Generator().manual_seed(72)
+    B, T, V = 3, 10, 11
+    starts, ends = [2, 4, 3], [10, 7, 9]  # prompt before start, padding after end: each row differs
+    cases = []
+    for scale in (1.0, 3.0):
+        logits = torch.randn(B, T - 1, V, generator=g) * scale  # (B, T - 1, V)
+        targets = torch.randint(0, V, (B, T), generator=g)  # (B, T)
+        mask = torch.zeros(B, T)
+        for row, (s, e) in enumerate(zip(starts, ends, strict=True)):
+            mask[row, s:e] = 1.0
+        cases.append((logits, targets, mask))
+    for logits, targets, mask in cases:
+        want = reference_mtp_loss(logits, targets, mask)
+        got = mtp_loss(logits.clone(), targets.clone(), mask.clone())
+        if not isinstance(got, torch.Tensor):
+            raise _Fail(f"return a scalar torch.Tensor (so it can be backpropagated), got {type(got).__name__}")
+        if got.numel() != 1:
+            raise _Fail(f"the loss has shape {tuple(got.shape)}; expected a scalar. Hint: average the masked "
+                        "per-token losses into one number")
+        got = got.reshape(())
+        if _close(got, want):
+            continue
+        diagnose(got, _mtp_loss_mistakes(logits, targets, mask),
+                 prefix=f"your loss is {got.item():.4f}; expected {want.item():.4f}: ")
+        raise _Fail(f"your loss is {got.item():.4f}; expected {want.item():.4f}. Hint: cross-entropy of "
+                    "mtp_logits against targets[:, 1:], averaged where loss_mask[:, 1:] is 1")
+    return f"matches the reference on {len(cases)} batches: predicts t_(i+2) and counts only masked positions"
 
 
 # ---------------------------------------------------------------- 07.3
@@ -216,44 +211,42 @@ def reference_completion_mask(prompt_len: int, seq_len: int, width: int) -> torc
     return _completion_mask(prompt_len, seq_len, width)
 
 
-def check_completion_mask(completion_mask: Callable) -> CheckResult:
+@checker("07.3", "completion_mask")
+def check_completion_mask(completion_mask: Answer) -> str:
     """Exercise 07.3: completion_mask(prompt_len, seq_len, width) -> (width - 1,) float mask of the targets that count."""
 
-    def body() -> str:
-        cases = [(7, 29, 31), (5, 12, 12), (4, 24, 30), (2, 3, 8)]
-        for p, n, w in cases:
-            want = reference_completion_mask(p, n, w)
-            got = completion_mask(p, n, w)
-            if isinstance(got, torch.Tensor) and tuple(got.shape) == (w,):
-                raise _Fail(f"the mask has {w} entries, one per token; expected width - 1 = {w - 1}, one per target. "
-                            "Hint: the model reads tokens 0 .. width-2 and predicts tokens 1 .. width-1")
-            got = _expect_tensor(got, want.shape, f"completion_mask({p}, {n}, {w})")
-            got = got.float()
-            if torch.equal(got, want):
-                continue
-            where = f"for prompt_len={p}, seq_len={n}, width={w}"
-            mistakes = [
-                (_completion_mask(p, n, w, first=p), "the first completion token is not counted. Hint: target j is "
-                                                     "token j + 1, so the first completion token (token prompt_len) "
-                                                     "is target prompt_len - 1"),
-                (_completion_mask(p, n, w, first=0), "the prompt counts too. Hint: the model is not asked to produce "
-                                                     "the prompt: start at target prompt_len - 1"),
-                (_completion_mask(p, n, w, first=1), "the prompt counts too. Hint: start at target prompt_len - 1"),
-                (_completion_mask(p, n, w, end=n - 2), "the final <eos> is not counted. Hint: the model must learn "
-                                                       "to stop: the eos is token seq_len - 1, target seq_len - 2"),
-                (_completion_mask(p, n, w, end=n), "a padding token is counted. Hint: the last real target is the "
-                                                   "eos, target seq_len - 2; stop the slice at seq_len - 1"),
-                (_completion_mask(p, n, w, end=w - 1), "the padding counts. Hint: stop at target seq_len - 2 "
-                                                       "(slice end seq_len - 1)"),
-                (_completion_mask(p, n, w, first=p, end=n), "the mask is one position late. Hint: target j is token "
-                                                            "j + 1: shift the token positions left by one"),
-            ]
-            diagnose(got, mistakes, same=torch.equal, prefix=f"wrong mask {where}: ")
-            raise _Fail(f"wrong mask {where}: {got.int().tolist()}; expected {want.int().tolist()}. "
-                        "Hint: ones at targets prompt_len - 1 .. seq_len - 2, zeros elsewhere")
-        return f"right on {len(cases)} examples: the completion and its eos count, the prompt and the padding do not"
-
-    return _run("07.3", "completion_mask", body)
+    cases = [(7, 29, 31), (5, 12, 12), (4, 24, 30), (2, 3, 8)]
+    for p, n, w in cases:
+        want = reference_completion_mask(p, n, w)
+        got = completion_mask(p, n, w)
+        if isinstance(got, torch.Tensor) and tuple(got.shape) == (w,):
+            raise _Fail(f"the mask has {w} entries, one per token; expected width - 1 = {w - 1}, one per target. "
+                        "Hint: the model reads tokens 0 .. width-2 and predicts tokens 1 .. width-1")
+        got = _expect_tensor(got, want.shape, f"completion_mask({p}, {n}, {w})")
+        got = got.float()
+        if torch.equal(got, want):
+            continue
+        where = f"for prompt_len={p}, seq_len={n}, width={w}"
+        mistakes = [
+            (_completion_mask(p, n, w, first=p), "the first completion token is not counted. Hint: target j is "
+                                                 "token j + 1, so the first completion token (token prompt_len) "
+                                                 "is target prompt_len - 1"),
+            (_completion_mask(p, n, w, first=0), "the prompt counts too. Hint: the model is not asked to produce "
+                                                 "the prompt: start at target prompt_len - 1"),
+            (_completion_mask(p, n, w, first=1), "the prompt counts too. Hint: start at target prompt_len - 1"),
+            (_completion_mask(p, n, w, end=n - 2), "the final <eos> is not counted. Hint: the model must learn "
+                                                   "to stop: the eos is token seq_len - 1, target seq_len - 2"),
+            (_completion_mask(p, n, w, end=n), "a padding token is counted. Hint: the last real target is the "
+                                               "eos, target seq_len - 2; stop the slice at seq_len - 1"),
+            (_completion_mask(p, n, w, end=w - 1), "the padding counts. Hint: stop at target seq_len - 2 "
+                                                   "(slice end seq_len - 1)"),
+            (_completion_mask(p, n, w, first=p, end=n), "the mask is one position late. Hint: target j is token "
+                                                        "j + 1: shift the token positions left by one"),
+        ]
+        diagnose(got, mistakes, same=torch.equal, prefix=f"wrong mask {where}: ")
+        raise _Fail(f"wrong mask {where}: {got.int().tolist()}; expected {want.int().tolist()}. "
+                    "Hint: ones at targets prompt_len - 1 .. seq_len - 2, zeros elsewhere")
+    return f"right on {len(cases)} examples: the completion and its eos count, the prompt and the padding do not"
 
 
 # ---------------------------------------------------------------- 07.4
@@ -302,40 +295,38 @@ def _same_rates(a: list[float], b: list[float]) -> bool:
     return all(math.isclose(x, y, rel_tol=1e-6, abs_tol=1e-12) for x, y in zip(a, b, strict=True))
 
 
-def check_lr_schedule(lr_schedule: Callable) -> CheckResult:
+@checker("07.4", "lr_schedule")
+def check_lr_schedule(lr_schedule: Answer) -> str:
     """Exercise 07.4: lr_schedule(step, steps, lr, warmup_steps, min_lr_ratio) -> warmup, then cosine to a floor."""
 
-    def body() -> str:
-        configs = [(300, 3e-3, 30, 0.1), (100, 1.0, 10, 0.1), (50, 0.5, 0, 0.2), (20, 2.0, 5, 0.0)]
-        checked = 0
-        for steps, lr, warmup, ratio in configs:
-            probe = sorted({0, 1, max(0, warmup - 1), warmup, (warmup + steps) // 2, steps - 1, steps, steps + 5})
-            got = [lr_schedule(s, steps, lr, warmup, ratio) for s in probe]
-            want = [reference_lr_schedule(s, steps, lr, warmup, ratio) for s in probe]
-            for s, value in zip(probe, got, strict=True):
-                if isinstance(value, torch.Tensor) and value.numel() == 1:
-                    value = value.item()
-                if isinstance(value, bool) or not isinstance(value, (int, float)):
-                    raise _Fail(f"lr_schedule({s}, ...) returned {type(value).__name__}; return a float")
-            got = [float(v) for v in got]
-            checked += len(probe)
-            if _same_rates(got, want):
-                continue
-            bad = next(i for i, (a, b) in enumerate(zip(got, want, strict=True))
-                       if not math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-12))
-            where = (f"for steps={steps}, lr={lr}, warmup_steps={warmup}, min_lr_ratio={ratio}: step {probe[bad]} "
-                     f"gives {got[bad]:.6g}; expected {want[bad]:.6g}")
-            wrong = [([_lr(s, steps, lr, warmup, ratio, **switches) for s in probe], hint)
-                     for switches, hint in _LR_MISTAKES]
-            diagnose(got, wrong, same=_same_rates, prefix=f"{where}: ")
-            if probe[bad] >= steps:
-                raise _Fail(f"{where}. Hint: after the last step the rate stays at the floor lr * min_lr_ratio "
-                            "(clamp progress to 1)")
-            raise _Fail(f"{where}. Hint: warmup lr * (step + 1) / warmup_steps, then floor + (lr - floor) * "
-                        "0.5 * (1 + cos(pi * progress)) with progress = (step - warmup_steps) / (steps - warmup_steps)")
-        return f"right at {checked} steps of {len(configs)} schedules: warmup, cosine, floor, and no warmup at all"
-
-    return _run("07.4", "lr_schedule", body)
+    configs = [(300, 3e-3, 30, 0.1), (100, 1.0, 10, 0.1), (50, 0.5, 0, 0.2), (20, 2.0, 5, 0.0)]
+    checked = 0
+    for steps, lr, warmup, ratio in configs:
+        probe = sorted({0, 1, max(0, warmup - 1), warmup, (warmup + steps) // 2, steps - 1, steps, steps + 5})
+        got = [lr_schedule(s, steps, lr, warmup, ratio) for s in probe]
+        want = [reference_lr_schedule(s, steps, lr, warmup, ratio) for s in probe]
+        for s, value in zip(probe, got, strict=True):
+            if isinstance(value, torch.Tensor) and value.numel() == 1:
+                value = value.item()
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise _Fail(f"lr_schedule({s}, ...) returned {type(value).__name__}; return a float")
+        got = [float(v) for v in got]
+        checked += len(probe)
+        if _same_rates(got, want):
+            continue
+        bad = next(i for i, (a, b) in enumerate(zip(got, want, strict=True))
+                   if not math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-12))
+        where = (f"for steps={steps}, lr={lr}, warmup_steps={warmup}, min_lr_ratio={ratio}: step {probe[bad]} "
+                 f"gives {got[bad]:.6g}; expected {want[bad]:.6g}")
+        wrong = [([_lr(s, steps, lr, warmup, ratio, **switches) for s in probe], hint)
+                 for switches, hint in _LR_MISTAKES]
+        diagnose(got, wrong, same=_same_rates, prefix=f"{where}: ")
+        if probe[bad] >= steps:
+            raise _Fail(f"{where}. Hint: after the last step the rate stays at the floor lr * min_lr_ratio "
+                        "(clamp progress to 1)")
+        raise _Fail(f"{where}. Hint: warmup lr * (step + 1) / warmup_steps, then floor + (lr - floor) * "
+                    "0.5 * (1 + cos(pi * progress)) with progress = (step - warmup_steps) / (steps - warmup_steps)")
+    return f"right at {checked} steps of {len(configs)} schedules: warmup, cosine, floor, and no warmup at all"
 
 
 __all__ = ["reference_mtp_input", "check_mtp_input", "reference_mtp_loss", "check_mtp_loss",
