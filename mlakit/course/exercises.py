@@ -15,9 +15,11 @@ by a stub at the marker's indentation::
         # YOUR CODE HERE: scale, then mask
         raise NotImplementedError("causal_scores: scale, then mask")
 
-removes ``### BEGIN HIDDEN TESTS`` ... ``### END HIDDEN TESTS`` regions, replaces
-the text of markdown answers between the markers with "YOUR ANSWER HERE", and
-clears every output and execution count. This honours the same markers as
+removes ``### BEGIN HIDDEN TESTS`` ... ``### END HIDDEN TESTS`` regions (and a
+cell left empty by that), replaces the text of markdown answers between the
+markers with "YOUR ANSWER HERE", clears every output and execution count, and
+records the solution's file name in the notebook's metadata (``mlakit.solution``),
+where ``mlakit grade`` finds the exercises to expect and the hidden tests to run. This honours the same markers as
 nbgrader's ClearSolutions / ClearHiddenTests / ClearOutput without depending on
 nbgrader. ``mlakit exercises build`` (``make exercises``) writes ``exercises/``;
 ``mlakit exercises check`` fails when ``exercises/`` differs from what it would write.
@@ -34,6 +36,7 @@ import nbformat
 BEGIN_SOLUTION, END_SOLUTION = "### BEGIN SOLUTION", "### END SOLUTION"
 BEGIN_HIDDEN, END_HIDDEN = "### BEGIN HIDDEN TESTS", "### END HIDDEN TESTS"
 DEF_LINE = re.compile(r"^\s*def (\w+)\(")
+METADATA_KEY = "mlakit"  # notebook metadata: {"solution": "01_attention_and_kv_cache.ipynb"}
 
 
 class MarkerError(ValueError):
@@ -84,14 +87,21 @@ def exercise_source(source: str, cell_type: str = "code", where: str = "cell") -
 def build_notebook(solution: nbformat.NotebookNode, name: str = "notebook") -> nbformat.NotebookNode:
     """The exercise notebook for a solution notebook (a new object; the input is not changed)."""
     nb = copy.deepcopy(solution)
+    cells = []
     for i, cell in enumerate(nb.cells):
-        cell.source = exercise_source(cell.source, cell.cell_type, f"{name} cell {i}")
+        source = exercise_source(cell.source, cell.cell_type, f"{name} cell {i}")
+        if cell.source.strip() and not source.strip():
+            continue  # only hidden tests: the learner would see an empty cell
+        cell.source = source
         if cell.cell_type == "code":
             cell.outputs = []
             cell.execution_count = None
         cell.metadata.pop("execution", None)
         cell.pop("id", None)
+        cells.append(cell)
+    nb.cells = cells
     nb.metadata.pop("widgets", None)
+    nb.metadata[METADATA_KEY] = {"solution": name}
     return nb
 
 
