@@ -7,6 +7,7 @@ import re
 
 import pytest
 import torch
+from learner import as_learner
 
 from mlakit.course import checks
 from mlakit.course.checks import FAIL, NOT_ATTEMPTED, PASS
@@ -48,7 +49,7 @@ def _wrong_shape(q, k):
 
 
 @pytest.mark.parametrize("fn, status, phrase", [
-    (checks.reference_causal_scores, PASS, "matches"),
+    (as_learner(checks.reference_causal_scores), PASS, "matches"),
     (_big_negative, PASS, "matches"),
     (_no_mask, FAIL, "not masked"),
     (_no_scale, FAIL, "not scaled"),
@@ -97,8 +98,15 @@ def _no_overflow_check(ck, cv, length, k, v):
     return ck[..., :end, :], cv[..., :end, :], end
 
 
+def _refuses_the_last_slot(ck, cv, length, k, v):  # `>=` where `>` is meant: a full cache is refused too early
+    if length + k.shape[-2] >= ck.shape[-2]:
+        raise ValueError("cache full")
+    return _no_overflow_check(ck, cv, length, k, v)
+
+
 @pytest.mark.parametrize("fn, status, phrase", [
-    (checks.reference_append_kv, PASS, "appends"),
+    (as_learner(checks.reference_append_kv), PASS, "appends"),
+    (_refuses_the_last_slot, FAIL, "(>, not >=)"),
     (_overwrite_from_zero, FAIL, "position 0"),
     (_whole_buffer, FAIL, "whole buffer"),
     (_length_not_updated, FAIL, "new_length"),
@@ -115,7 +123,7 @@ def test_check_append_kv(fn, status, phrase):
 
 # ---------------------------------------------------------------- 01.3
 @pytest.mark.parametrize("fn, status, phrase", [
-    (checks.reference_gqa_cache_bytes, PASS, "Llama-3-70B"),
+    (as_learner(checks.reference_gqa_cache_bytes), PASS, "Llama-3-70B"),
     (lambda L, g, d, t, b, e: L * g * d * t * b * e, FAIL, "keys AND values"),
     (lambda L, g, d, t, b, e: 2 * L * g * d * t * b, FAIL, "not bytes"),
     (lambda L, g, d, t, b, e: 16 * L * g * d * t * b * e, FAIL, "that is bits"),
@@ -132,7 +140,7 @@ def test_check_gqa_cache_bytes(fn, status, phrase):
 
 # ---------------------------------------------------------------- 01.4
 @pytest.mark.parametrize("fn, status, phrase", [
-    (checks.reference_repeat_kv, PASS, "right order"),
+    (as_learner(checks.reference_repeat_kv), PASS, "right order"),
     (lambda x, n: x.repeat(1, n, 1, 1), FAIL, "0,0,1,1"),
     (lambda x, n: x, FAIL, "shape"),
     (lambda x, n: x.repeat_interleave(n, dim=1) * 2, FAIL, "repeat_interleave"),
@@ -145,15 +153,29 @@ def test_check_repeat_kv(fn, status, phrase):
 
 
 def test_result_lines_parse_and_fallback_says_so(capsys):
-    good = checks.check_repeat_kv(checks.reference_repeat_kv)
+    good = checks.check_repeat_kv(as_learner(checks.reference_repeat_kv))
     bad = checks.check_repeat_kv(_not_done)
     for r in (good, bad):
         m = checks.RESULT_LINE.match(r.line())
         assert m and m["exercise"] == "01.4" and m["status"] == r.status
     capsys.readouterr()
-    assert checks.use_or_fallback(good, len, max) is len
-    assert checks.use_or_fallback(bad, len, max) is max
-    assert "using the library's version" in capsys.readouterr().out
+    x = torch.randn(1, 2, 3, 4)
+    mine = checks.use_or_fallback(good, checks.reference_repeat_kv)
+    assert mine is not checks.reference_repeat_kv and torch.equal(mine(x, 2), checks.reference_repeat_kv(x, 2))
+    assert capsys.readouterr().out == ""
+    assert checks.use_or_fallback(bad, checks.reference_repeat_kv) is checks.reference_repeat_kv
+    assert "using the library's version of `repeat_kv` until exercise 01.4 passes" in capsys.readouterr().out
+
+
+def test_use_or_fallback_fits_a_float64_answer_to_the_notebook():
+    def repeat_kv(x, n_rep):  # right, in float64: passes, and the notebook's float32 cells get float32 back
+        return x.double().repeat_interleave(n_rep, dim=1)
+
+    result = checks.check_repeat_kv(repeat_kv)
+    assert result.passed, result.message
+    x = torch.randn(1, 2, 3, 4)
+    out = checks.use_or_fallback(result, checks.reference_repeat_kv)(x, 2)
+    assert out.dtype == torch.float32 and torch.equal(out, checks.reference_repeat_kv(x, 2))
 
 
 # ---------------------------------------------------------------- the package
@@ -165,7 +187,7 @@ def _lesson_modules():
 def test_every_checker_and_reference_is_reexported_explicitly():
     modules = _lesson_modules()
     assert [m.__name__.rsplit(".", 1)[1] for m in modules] == [f"lesson{n:02d}" for n in range(1, len(modules) + 1)]
-    core = {"CheckResult", "use_or_fallback", "PASS", "FAIL", "NOT_ATTEMPTED", "RESULT_LINE"}
+    core = {"CheckResult", "Answer", "checker", "use_or_fallback", "PASS", "FAIL", "NOT_ATTEMPTED", "RESULT_LINE"}
     listed = set(core)
     for module in modules:
         defined = {name for name, obj in vars(module).items() if name.startswith(("check_", "reference_"))
@@ -201,3 +223,32 @@ def test_diagnose_names_the_first_matching_mistake_and_skips_none():
     t = torch.tensor([1.0, float("-inf")])
     with pytest.raises(_Fail, match="^close$"):  # tensors by default: within tolerance, -inf where it is expected
         diagnose(t + 1e-7, [(t * 2, "doubled"), (t, "close")])
+
+
+@pytest.mark.parametrize("answer", [
+    checks.reference_repeat_kv,  # a reference checker function
+    __import__("functools").partial(checks.reference_repeat_kv),
+])
+def test_the_librarys_own_function_is_refused_with_its_name(answer):
+    result = checks.check_repeat_kv(answer)
+    assert result.status == FAIL
+    assert "library's own `mlakit.course.checks.lesson01.reference_repeat_kv`" in result.message
+
+
+def test_every_checker_refuses_the_librarys_reference(capsys):
+    for module in _lesson_modules():
+        for name in module.__all__:
+            if name.startswith("check_"):
+                reference = getattr(module, "reference_" + getattr(module, name).answer_name, None)
+                if reference is not None:
+                    result = getattr(module, name)(reference)
+                    assert result.status == FAIL and "library's own" in result.message, name
+
+
+def test_library_classes_and_functions_are_refused(capsys):
+    from mlakit.layers import RotaryEmbedding
+    from mlakit.moe import max_violation
+
+    assert "library's own `mlakit.moe" in checks.check_max_violation(max_violation).message
+    rope = RotaryEmbedding(8)
+    assert "library's own `mlakit.layers.RotaryEmbedding`" in checks.check_rope_pairs(rope).message

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from learner import as_learner
 
 from mlakit.course import checks
 from mlakit.course.checks import FAIL, NOT_ATTEMPTED, PASS
@@ -26,7 +27,7 @@ def _with_library_norm(h, w, gain):
 
 
 @pytest.mark.parametrize("fn, status, phrase", [
-    (checks.reference_compress_kv, PASS, "matches"),
+    (as_learner(checks.reference_compress_kv), PASS, "matches"),
     (_with_library_norm, PASS, "matches"),
     (lambda h, w, gain: torch.nn.functional.rms_norm(h @ w.T, (w.shape[0],), gain, 1e-6), PASS, "matches"),
     (lambda h, w, gain: h @ w.T, FAIL, "not normalised"),
@@ -77,7 +78,7 @@ def _bad_values(c, w, n_h, d_nope):
 
 
 @pytest.mark.parametrize("fn, status, phrase", [
-    (checks.reference_expand_kv, PASS, "per head"),
+    (as_learner(checks.reference_expand_kv), PASS, "per head"),
     (_by_linear, PASS, "per head"),
     (_swapped, FAIL, "swapped"),
     (_halves, FAIL, "grouped per head"),
@@ -124,7 +125,7 @@ def _down_transposed(w, r):
 
 
 @pytest.mark.parametrize("fn, status, phrase", [
-    (checks.reference_low_rank_factors, PASS, "Eckart-Young"),
+    (as_learner(checks.reference_low_rank_factors), PASS, "Eckart-Young"),
     (_scale_in_up, PASS, "Eckart-Young"),
     (_no_singular_values, FAIL, "singular values are missing"),
     (_smallest, FAIL, "smallest"),
@@ -149,7 +150,7 @@ def _energy_rank(s, fraction, square=True, strict=False, count=True):
 
 
 @pytest.mark.parametrize("fn, status, phrase", [
-    (checks.reference_rank_for_energy, PASS, "spectra"),
+    (as_learner(checks.reference_rank_for_energy), PASS, "spectra"),
     (lambda s, f: _energy_rank(s, f), PASS, "spectra"),
     (lambda s, f: torch.tensor(_energy_rank(s, f)), PASS, "spectra"),
     (lambda s, f: _energy_rank(s, f, square=False), FAIL, "SQUARED"),

@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from learner import as_learner
 
 from mlakit.course import checks
 from mlakit.course.checks import FAIL, NOT_ATTEMPTED, PASS
@@ -37,7 +38,7 @@ def _complex_rope(x, positions, base):
 
 
 @pytest.mark.parametrize("fn, status, phrase", [
-    (checks.reference_rope_pairs, PASS, "pairwise"),
+    (as_learner(checks.reference_rope_pairs), PASS, "pairwise"),
     (lambda x, p, b: _rope(x, p, b), PASS, "pairwise"),
     (_complex_rope, PASS, "pairwise"),
     (lambda x, p, b: _rope(x, p, b, halves=True), FAIL, "halves convention"),
@@ -103,7 +104,7 @@ def _swapped(q_c, q_r, k_c, k_r):
 
 
 @pytest.mark.parametrize("fn, status, phrase", [
-    (checks.reference_decoupled_scores, PASS, "decoupled"),
+    (as_learner(checks.reference_decoupled_scores), PASS, "decoupled"),
     (_concatenated, PASS, "decoupled"),
     (_content_only, FAIL, "rotary part is missing"),
     (_unscaled, FAIL, "not scaled"),
@@ -139,7 +140,7 @@ def _absorbed(q_c, w_uk, c_kv, eq="bhtn,hnc->bhtc"):
 
 
 @pytest.mark.parametrize("fn, status, phrase", [
-    (checks.reference_absorbed_content_scores, PASS, "never expanded"),
+    (as_learner(checks.reference_absorbed_content_scores), PASS, "never expanded"),
     (_expanded, PASS, "never expanded"),
     (lambda q, w, c: _absorbed(q, w, c, "bhtn,hcn->bhtc"), FAIL, "wrong way round"),
     (lambda q, w, c: torch.einsum("bhtn,nc->bhtc", q, w[0]) @ c[:, None].transpose(-2, -1), FAIL, "head 0"),
@@ -162,7 +163,7 @@ def _scale(d, f, a, square=True, log=math.log, use_a=True, base=lambda d: d ** -
 
 
 @pytest.mark.parametrize("fn, status, phrase", [
-    (checks.reference_yarn_softmax_scale, PASS, "0.13523"),
+    (as_learner(checks.reference_yarn_softmax_scale), PASS, "0.13523"),
     (lambda d, f, a: _scale(d, f, a), PASS, "0.13523"),
     (lambda d, f, a: d ** -0.5 * yarn_mscale(f, a) ** 2, PASS, "0.13523"),
     (lambda d, f, a: _scale(d, f, a, square=False), FAIL, "squared"),

@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from learner import as_learner
 
 from mlakit import ModelConfig
 from mlakit.attention import causal_mask
@@ -66,7 +67,7 @@ def _value_with_rope(q_lat, q_rope, latent, w_uv, scale):
 
 
 @pytest.mark.parametrize("fn, status, phrase", [
-    (checks.reference_absorbed_attention, PASS, "without expanding"),
+    (as_learner(checks.reference_absorbed_attention), PASS, "without expanding"),
     (_w_uv_first, PASS, "the expansion the absorbed path avoids"),
     (_no_rope, FAIL, "rotary part"),
     (_no_scale, FAIL, "not scaled"),
@@ -136,7 +137,7 @@ def _loop_over_heads(w_uv, w_o):
 
 
 @pytest.mark.parametrize("fn, status, phrase", [
-    (checks.reference_merge_output, PASS, "matches"),
+    (as_learner(checks.reference_merge_output), PASS, "matches"),
     (_loop_over_heads, PASS, "matches"),
     (lambda w_uv, w_o: checks.reference_merge_output(w_uv, w_o).transpose(1, 2), FAIL, "(n_h, d_c, d)"),
     (_heads_interleaved, FAIL, "interleaved"),
@@ -169,7 +170,7 @@ def _mla(c):
 
 
 @pytest.mark.parametrize("fn, status, phrase", [
-    (checks.reference_latent_cache_bytes, PASS, "DeepSeek-V3"),
+    (as_learner(checks.reference_latent_cache_bytes), PASS, "DeepSeek-V3"),
     (lambda c, t, b, e: _mla(c) * t * b * e, FAIL, "one layer's cache"),
     (lambda c, t, b, e: c.kv_lora_rank * c.num_hidden_layers * t * b * e, FAIL, "rotary key is missing"),
     (lambda c, t, b, e: c.num_attention_heads * (c.qk_head_dim + c.v_head_dim) * c.num_hidden_layers * t * b * e,
@@ -207,7 +208,7 @@ def _per_token(c, b, e):
 
 
 @pytest.mark.parametrize("fn, status, phrase", [
-    (checks.reference_context_that_fits, PASS, "exact fits"),
+    (as_learner(checks.reference_context_that_fits), PASS, "exact fits"),
     (lambda c, m, b, e: math.ceil(m / _per_token(c, b, e)), FAIL, "round down (//), not up"),
     (lambda c, m, b, e: (m - 1) // _per_token(c, b, e), FAIL, "use <="),
     (lambda c, m, b, e: m // _per_token(c, 1, e), FAIL, "divide by batch_size"),
@@ -237,5 +238,5 @@ def test_lesson04_results_parse_and_name_their_exercise():
                                (checks.check_latent_cache_bytes, checks.reference_latent_cache_bytes, "04.3"),
                                (checks.check_context_that_fits, checks.reference_context_that_fits, "04.4")):
         assert check.__doc__.startswith(f"Exercise {number}:")
-        m = checks.RESULT_LINE.match(check(ref).line())
+        m = checks.RESULT_LINE.match(check(as_learner(ref)).line())
         assert m and m["exercise"] == number and m["status"] == PASS

@@ -3,6 +3,7 @@ attempted."""
 
 import pytest
 import torch
+from learner import as_learner
 
 from mlakit import ModelConfig
 from mlakit.course import checks
@@ -86,7 +87,7 @@ def _reversed_slots(logits, bias, k, scale):
 
 
 @pytest.mark.parametrize("fn, status, phrase", [
-    (checks.reference_sigmoid_topk_gate, PASS, "right experts and weights"),
+    (as_learner(checks.reference_sigmoid_topk_gate), PASS, "right experts and weights"),
     (_reversed_slots, PASS, "right experts"),
     (_gate_mistake(biased_weights=True), FAIL, "the bias only chooses the experts"),
     (_gate_mistake(renormalise=False), FAIL, "not renormalised"),
@@ -121,7 +122,7 @@ def _kept_experts_not_groups(scores, G, kg):
 
 
 @pytest.mark.parametrize("fn, status, phrase", [
-    (checks.reference_group_limited_mask, PASS, "V3's 8 groups"),
+    (as_learner(checks.reference_group_limited_mask), PASS, "V3's 8 groups"),
     (_mask_mistake(inverted=True), FAIL, "True marks the experts that are masked"),
     (_mask_mistake(group_score="max"), FAIL, "best expert"),
     (_mask_mistake(group_score="sum"), FAIL, "summed every score"),
@@ -155,7 +156,7 @@ def _forgets_dense_models(config):
 
 
 @pytest.mark.parametrize("fn, status, phrase", [
-    (checks.reference_ffn_active_parameters, PASS, "V3 and V2"),
+    (as_learner(checks.reference_ffn_active_parameters), PASS, "V3 and V2"),
     (lambda c: float(checks.reference_ffn_active_parameters(c)), PASS, "V3 and V2"),
     (_active_mistake(routed="all"), FAIL, "every routed expert"),
     (_active_mistake(shared=False), FAIL, "shared experts are missing"),
@@ -189,7 +190,7 @@ def _vectorised(x, shared, experts, weights, indices):
 
 
 @pytest.mark.parametrize("fn, status, phrase", [
-    (checks.reference_combine_experts, PASS, "matches"),
+    (as_learner(checks.reference_combine_experts), PASS, "matches"),
     (_vectorised, PASS, "matches"),
     (_combine_mistake(), PASS, "matches"),
     (_combine_mistake(use_weights=False), FAIL, "not weighted"),

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from learner import as_learner
 
 from mlakit.course import checks
 from mlakit.course.checks import FAIL, NOT_ATTEMPTED, PASS
@@ -24,7 +25,7 @@ def _mean_of(counts):
 
 
 @pytest.mark.parametrize("fn, status, phrase", [
-    (checks.reference_max_violation, PASS, "right on 5 inputs"),
+    (as_learner(checks.reference_max_violation), PASS, "right on 5 inputs"),
     (lambda c: (c.float().amax(-1) - _mean_of(c)) / _mean_of(c), PASS, "right"),
     (lambda c: (c.float().amax(-1) - _mean_of(c)) / c.float().amax(-1), FAIL, "divided by the largest load"),
     (lambda c: c.float().amax(-1) / _mean_of(c), FAIL, "forgot to subtract the mean"),
@@ -87,7 +88,7 @@ def checks_config(num_experts):
 
 
 @pytest.mark.parametrize("fn, status, phrase", [
-    (checks.reference_bias_update, PASS, "overloaded experts lose gamma"),
+    (as_learner(checks.reference_bias_update), PASS, "overloaded experts lose gamma"),
     (_through_router, PASS, "one step per layer"),
     (_in_place_and_return, PASS, "one step per layer"),
     (lambda b, c, g: _step(b, c, -g, _row_mean(c)), FAIL, "sign is reversed"),
@@ -128,7 +129,7 @@ def _by_hand(scores, indices, alpha, *, factor="full", normalise=True, per_seque
 
 
 @pytest.mark.parametrize("fn, status, phrase", [
-    (checks.reference_seq_balance_loss, PASS, "value and gradient match"),
+    (as_learner(checks.reference_seq_balance_loss), PASS, "value and gradient match"),
     (_by_hand, PASS, "match"),
     (lambda s, i, a: sequence_balance_loss(s.reshape(-1, s.shape[-1]), i.reshape(-1, i.shape[-1]), a, s.shape[1]),
      PASS, "match"),

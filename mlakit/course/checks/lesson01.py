@@ -7,7 +7,7 @@ import operator
 import torch
 
 from ...attention import causal_mask
-from ._core import Answer, _close, _expect_tensor, _Fail, checker, diagnose
+from ._core import Answer, _close, _expect_tensor, _Fail, _LearnerError, checker, diagnose
 
 
 def reference_causal_scores(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
@@ -65,7 +65,7 @@ def reference_append_kv(cache_k, cache_v, length, k_new, v_new):
     return cache_k[..., :end, :], cache_v[..., :end, :], end
 
 
-@checker("01.2", "append_kv")
+@checker("01.2", "append_kv", may_modify=(0, 1, "cache_k", "cache_v"))  # it writes into the cache
 def check_append_kv(append_kv: Answer) -> str:
     """Exercise 01.2: append_kv(cache_k, cache_v, length, k_new, v_new) -> (keys, values, new_length)."""
 
@@ -74,9 +74,16 @@ def check_append_kv(append_kv: Answer) -> str:
     ck, cv = torch.zeros(B, H, max_len, d), torch.zeros(B, H, max_len, d)
     rk, rv = ck.clone(), cv.clone()
     length = ref_len = 0
-    for step, t in enumerate((3, 1, 2)):
+    for step, t in enumerate((3, 1, 2, 2)):  # the last step fills the cache exactly to capacity
         k, v = torch.randn(B, H, t, d, generator=g), torch.randn(B, H, t, d, generator=g)
-        out = append_kv(ck, cv, length, k, v)
+        try:
+            out = append_kv(ck, cv, length, k, v)
+        except _LearnerError as raised:
+            if length + t == max_len and isinstance(raised.error, (ValueError, RuntimeError, IndexError)):
+                raise _Fail(f"appending {t} token(s) at length {length} fills the cache of {max_len} positions "
+                            f"exactly, and your code raised {type(raised.error).__name__}: {raised.error}. Hint: "
+                            "the cache is full only when length + T > capacity (>, not >=)") from None
+            raise
         if not (isinstance(out, tuple) and len(out) == 3):
             raise _Fail("return a tuple (keys, values, new_length)")
         keys, values, length = out
@@ -100,13 +107,17 @@ def check_append_kv(append_kv: Answer) -> str:
             ])
             raise _Fail(f"the keys after step {step + 1} differ from the expected ones. "
                         "Hint: cache_k[..., length:length + T, :] = k_new")
-    try:
-        append_kv(torch.zeros(1, 1, 2, 2), torch.zeros(1, 1, 2, 2), 2, torch.ones(1, 1, 1, 2), torch.ones(1, 1, 1, 2))
-    except (ValueError, RuntimeError, IndexError):
-        pass
-    else:
-        raise _Fail("writing past the end of a full cache did not raise. Hint: raise ValueError when "
-                    "length + T > cache_k.shape[-2] (slicing past the end silently writes nothing)")
+    for length, t in ((2, 1), (1, 2)):  # a full cache, then one that has room for one token of two: one past the end
+        try:
+            append_kv(torch.zeros(1, 1, 2, 2), torch.zeros(1, 1, 2, 2), length, torch.ones(1, 1, t, 2),
+                      torch.ones(1, 1, t, 2))
+        except _LearnerError as raised:
+            if not isinstance(raised.error, (ValueError, RuntimeError, IndexError)):
+                raise
+        else:
+            raise _Fail(f"appending {t} token(s) at length {length} to a cache of 2 positions did not raise. Hint: "
+                        "raise ValueError when length + T > cache_k.shape[-2] (slicing past the end silently "
+                        "writes nothing)")
     return "appends, returns the filled part, tracks the length and refuses to overflow"
 
 

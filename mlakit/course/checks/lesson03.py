@@ -14,7 +14,7 @@ import math
 import torch
 
 from ...layers import RotaryEmbedding, softmax_scale
-from ._core import Answer, _close, _expect_tensor, _Fail, checker, diagnose
+from ._core import Answer, _close, _expect_tensor, _Fail, _LearnerError, checker, diagnose
 
 
 # ---------------------------------------------------------------- 03.1
@@ -95,8 +95,10 @@ def check_decoupled_scores(decoupled_scores: Answer) -> str:
             got = decoupled_scores(q_c.clone(), q_r.clone(), k_c.clone(), k_r.clone())
         except NotImplementedError:
             raise
-        except RuntimeError as e:  # a shape mismatch, most likely from the shared (head-less) operand
-            raise _Fail(f"your code raised RuntimeError: {e}. Hint: k_r (B, S, d_rope) has no head axis, it is "
+        except _LearnerError as raised:  # a shape mismatch, most likely from the shared (head-less) operand
+            if not isinstance(raised.error, RuntimeError):
+                raise
+            raise _Fail(f"your code raised RuntimeError: {raised.error}. Hint: k_r (B, S, d_rope) has no head axis, it is "
                         "shared by all heads: k_r[:, None] gives (B, 1, S, d_rope), which broadcasts") from None
         got = _expect_tensor(got, want.shape, f"the scores for T = {T} queries and S = {S} keys")
         if _close(got, want):
@@ -147,8 +149,10 @@ def check_absorbed_content_scores(absorbed_content_scores: Answer) -> str:
             got = absorbed_content_scores(q_c.clone(), w_uk.clone(), c_kv.clone())
         except NotImplementedError:
             raise
-        except RuntimeError as e:  # a shape mismatch, most likely from the shared (head-less) operand
-            raise _Fail(f"your code raised RuntimeError: {e}. Hint: q_c (B, n_h, T, d_nope), w_uk (n_h, d_nope, d_c), "
+        except _LearnerError as raised:  # a shape mismatch, most likely from the shared (head-less) operand
+            if not isinstance(raised.error, RuntimeError):
+                raise
+            raise _Fail(f"your code raised RuntimeError: {raised.error}. Hint: q_c (B, n_h, T, d_nope), w_uk (n_h, d_nope, d_c), "
                         "c_kv (B, S, d_c) shared by all heads: c_kv[:, None] broadcasts over the heads") from None
         got = _expect_tensor(got, want.shape, f"the scores for q_c {tuple(q_c.shape)} and c_kv {tuple(c_kv.shape)}")
         if _close(got, want):

@@ -15,7 +15,7 @@ from torch.overrides import TorchFunctionMode
 
 from ...attention import causal_mask
 from ...config import ModelConfig
-from ._core import Answer, _close, _expect_tensor, _Fail, checker, diagnose
+from ._core import Answer, _close, _expect_tensor, _Fail, _LearnerError, checker, diagnose
 
 
 # ---------------------------------------------------------------- helpers
@@ -88,8 +88,10 @@ def check_absorbed_attention(absorbed_attention: Answer) -> str:
                 got = absorbed_attention(q_lat.clone(), q_rope.clone(), latent.clone(), w_uv.clone(), scale)
         except NotImplementedError:  # a RuntimeError too: the stub, reported as not attempted
             raise
-        except RuntimeError as err:  # almost always a shape mismatch: say which widths go where
-            raise _Fail(f"your code raised RuntimeError: {err}. Hint: the key is the whole cached row "
+        except _LearnerError as raised:  # almost always a shape mismatch: say which widths go where
+            if not isinstance(raised.error, RuntimeError):
+                raise
+            raise _Fail(f"your code raised RuntimeError: {raised.error}. Hint: the key is the whole cached row "
                         f"(d_c + d_rope = {d_c + d_rope} wide here), the value only its first d_c = {d_c} "
                         f"columns (k_R is not a value), and W_UV[h] has shape (d_v, d_c) = ({d_v}, {d_c})") from None
         got = _expect_tensor(got, want.shape, f"the output for T={T} queries over S={S} cached rows")

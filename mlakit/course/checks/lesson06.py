@@ -13,15 +13,16 @@ from collections.abc import Callable
 import torch
 
 from ...moe import max_violation, sequence_balance_loss
-from ._core import Answer, _close, _expect_tensor, _Fail, checker, diagnose
+from ._core import Answer, _close, _expect_tensor, _Fail, _LearnerError, checker, diagnose
 
 
 def _call_on_counts(fn: Callable, *args):
     """Call the learner's function; an integer-dtype error gets its own hint (counts are int64)."""
     try:
         return fn(*args)
-    except RuntimeError as e:
-        if "dtype" in str(e) or "Long" in str(e):
+    except _LearnerError as raised:
+        e = raised.error
+        if isinstance(e, RuntimeError) and ("dtype" in str(e) or "Long" in str(e)):
             raise _Fail(f"your code raised RuntimeError: {e}. Hint: counts are integers (int64); "
                         "convert them with counts.float() before taking a mean") from None
         raise
@@ -112,7 +113,7 @@ def _bias_cases() -> list[tuple[torch.Tensor, torch.Tensor, float]]:
     ]
 
 
-@checker("06.2", "bias_update")
+@checker("06.2", "bias_update", may_modify=(0, "bias"))  # DeepSeek updates the bias in place
 def check_bias_update(bias_update: Answer) -> str:
     """Exercise 06.2: bias_update(bias, counts, gamma) -> new bias; one aux-loss-free step per layer (row)."""
 
