@@ -60,7 +60,7 @@ import re
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -229,17 +229,41 @@ def _describe_old_layout(folder: Path) -> str | None:
     return "; ".join(found) or None
 
 
+def _unreadable(path: Path, error: Exception) -> ValueError:
+    return ValueError(f"{path}: not a readable safetensors file ({path.stat().st_size:,} bytes; {error}): it may be "
+                      "truncated or damaged, save the checkpoint again")
+
+
 def _read(folder: str | Path, device: torch.device | str) -> tuple[dict, dict[str, torch.Tensor]]:
     """config.json and model.safetensors of a DeepseekV3-layout folder; ValueError naming an older layout."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: no such checkpoint folder ({EXPECTED})")
+    config_path, model_path = folder / CONFIG_FILE, folder / MODEL_FILE
+    data = None
+    if config_path.is_file():
+        try:
+            data = json.loads(config_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"{config_path}: not valid JSON ({e}); write it again with save_pretrained") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"{config_path}: not a model config (a JSON {type(data).__name__}); {EXPECTED}")
+    if model_path.is_file():
+        try:
+            with safe_open(model_path, "pt") as f:
+                f.keys()
+        except (SafetensorError, OSError) as e:  # empty, truncated, random bytes
+            raise _unreadable(model_path, e) from None
     old = _describe_old_layout(folder)
     if old is not None:
         raise ValueError(f"{folder}: {EXPECTED}; this folder has {old}. It was written by an earlier mlakit "
-                         "or another tool: load it with what wrote it and save it again with save_pretrained.")
-    data = json.loads((folder / CONFIG_FILE).read_text())
-    return data, load_file(folder / MODEL_FILE, device=str(device))
+                         "or another tool, or a file is missing: load it with what wrote it and save it again "
+                         "with save_pretrained.")
+    try:
+        state = load_file(model_path, device=str(device))
+    except (SafetensorError, OSError) as e:  # a header that reads, over data that was cut short
+        raise _unreadable(model_path, e) from None
+    return data, state
 
 
 def _check_fits(folder: Path, ours: dict[str, torch.Tensor], model: nn.Module) -> None:

@@ -3,7 +3,49 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from pathlib import Path
+
+TRAIN_BYTES_PER_PARAMETER = 16  # fp32 weight + gradient + Adam's two moments, before any activation
+
+
+class CLIError(Exception):
+    """Bad input to a command: printed as one line, ``mlakit <command>: <message>``, exit status 2."""
+
+
+def _at_least(value, low, flag: str, what: str = "") -> None:
+    if value is not None and value < low:
+        raise CLIError(f"{flag} {value} is invalid: must be >= {low}{what}")
+
+
+def _available_memory() -> int | None:
+    """Bytes of memory available to a new allocation (Linux MemAvailable), or None where unknown."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _writable_folder(out: str) -> Path:
+    """The --out folder, created now (with its parents) and checked writable, before any training."""
+    folder = Path(out)
+    if folder.exists() and not folder.is_dir():
+        raise CLIError(f"--out {out} is an existing file, not a folder: choose a folder for the checkpoint")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / ".mlakit-write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise CLIError(f"--out {out} cannot be written ({e.strerror or e}): choose a folder you can write to") from None
+    return folder
 
 
 def _cmd_doctor(args: argparse.Namespace) -> int:
@@ -16,6 +58,7 @@ def _cmd_cache(args: argparse.Namespace) -> int:
     from .config import ModelConfig
     from .kvcache import comparison_table, format_table
 
+    _at_least(args.context, 1, "--context", " token")
     config = ModelConfig.from_preset(args.preset)
     rows = comparison_table(config, seq_len=args.context, dtype=args.dtype)
     print(f"KV cache of {args.preset} for one sequence of {args.context:,} tokens ({args.dtype}):\n")
@@ -48,17 +91,37 @@ def _cmd_grade(args: argparse.Namespace) -> int:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from .config import ModelConfig
+    from .data import encode_problems
     from .params import count_parameters
     from .recipes import addition_splits, pretrain
     from .tokenizer import CharTokenizer
     from .train import TrainConfig
     from .utils import seed_everything
 
-    seed_everything(args.seed, threads=args.threads)
+    _at_least(args.steps, 1, "--steps")
+    _at_least(args.batch_size, 1, "--batch-size")
+    _at_least(args.digits, 1, "--digits")
+    _at_least(args.threads, 1, "--threads")
+    if not args.lr > 0:
+        raise CLIError(f"--lr {args.lr} is invalid: must be > 0 (3e-3 is a good start for nano)")
     tok = CharTokenizer()
+    try:
+        config = ModelConfig.from_preset(args.preset, vocab_size=tok.vocab_size, max_position_embeddings=args.max_len)
+    except ValueError as e:
+        raise CLIError(str(e)) from None
+    need, have = TRAIN_BYTES_PER_PARAMETER * count_parameters(config), _available_memory()
+    if have is not None and need > have:
+        raise CLIError(f"--preset {args.preset} needs about {need / 1e9:,.1f} GB to train "
+                       f"({count_parameters(config):,} parameters x {TRAIN_BYTES_PER_PARAMETER} bytes for weights, "
+                       f"gradients and Adam's moments, before activations); this machine has {have / 1e9:,.1f} GB "
+                       "available. Use --preset nano")
+    folder = _writable_folder(args.out)
+    seed_everything(args.seed, threads=args.threads)
     task, splits = addition_splits(args.digits, args.seed)
-    config = ModelConfig.from_preset(args.preset, vocab_size=tok.vocab_size,
-                                     max_position_embeddings=args.max_len)
+    longest = max(len(ids) for part in splits.values() for ids, _ in encode_problems(part, tok))
+    if args.max_len < longest:
+        raise CLIError(f"--max-len {args.max_len} is shorter than the longest training example ({longest} tokens "
+                       f"with bos and eos, at --digits {args.digits}): use --max-len {longest} or more")
     print(f"{args.preset}: {count_parameters(config):,} parameters ({count_parameters(config, active=True):,} active "
           f"per token); {len(splits['train']):,} training problems of up to {args.digits} digits")
     cfg = TrainConfig(steps=args.steps, lr=args.lr, warmup_steps=max(1, args.steps // 10),
@@ -66,41 +129,40 @@ def _cmd_train(args: argparse.Namespace) -> int:
     run = pretrain(config, cfg, tok, batch_size=args.batch_size, seed=args.seed, task=task, splits=splits)
     for e in run.trainer.evals:
         print(f"step {e['step']:>5}: validation exact match {e['exact_match']:.1%}")
-    out = run.trainer.save(args.out)
+    out = run.trainer.save(folder)
     tok.save(out / "tokenizer.json")
     run.trainer.write_csv(out / "metrics.csv")
     written = ", ".join(sorted(p.name for p in out.iterdir() if p.is_file()))
-    print(f"checkpoint written to {out} ({written})")
+    print(f"checkpoint written to {out}: {written}")
     return 0
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     import torch
 
     from .generate import generate
     from .tokenizer import CharTokenizer
     from .train import load_model_from_checkpoint
 
+    empty = [i + 1 for i, p in enumerate(args.prompt) if not p]
+    if empty:
+        raise CLIError(f"--prompt number {empty[0]} is empty: give the text to complete, e.g. --prompt '12+34='")
+    _at_least(args.max_new_tokens, 0, "--max-new-tokens")
     folder = Path(args.ckpt)
-    if not (folder / "model.safetensors").exists():
-        print(f"mlakit generate: no checkpoint in {folder} (expected model.safetensors and config.json)")
-        return 2
-    model = load_model_from_checkpoint(folder).eval()
-    tok = CharTokenizer.load(folder / "tokenizer.json")
+    if not folder.is_dir():
+        raise CLIError(f"no checkpoint folder {folder} (`mlakit train --out {folder}` writes one)")
     try:
+        model = load_model_from_checkpoint(folder).eval()
+        tok = CharTokenizer.load(folder / "tokenizer.json")
         ids, mask = tok.encode_batch(args.prompt, bos=True)
-    except ValueError as e:
-        print(f"mlakit generate: {e}")
-        return 2
+    except (OSError, ValueError, KeyError, TypeError) as e:  # a missing, empty, truncated or foreign file
+        raise CLIError(str(e) if not isinstance(e, KeyError) else f"{folder}: config.json lacks {e}") from None
     gen = torch.Generator().manual_seed(args.seed)
     try:
         out = generate(model, ids, args.max_new_tokens, attention_mask=mask, temperature=args.temperature,
                        top_k=args.top_k, top_p=args.top_p, eos_id=tok.eos_id, pad_id=tok.pad_id, generator=gen)
-    except ValueError as e:  # a bad option or a prompt past the model's context: one line, exit status 2
-        print(f"mlakit generate: {e}")
-        return 2
+    except ValueError as e:  # a bad option or a prompt past the model's context
+        raise CLIError(str(e)) from None
     for prompt, row in zip(args.prompt, out[:, ids.shape[1]:], strict=True):
         print(prompt + tok.decode(row.tolist(), skip_special=True))
     return 0
@@ -153,7 +215,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except CLIError as e:
+        print(f"mlakit {args.command}: {e}")
+        return 2
 
 
 if __name__ == "__main__":

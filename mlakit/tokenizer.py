@@ -114,7 +114,13 @@ class CharTokenizer:
 
     @classmethod
     def load(cls, path: str | Path) -> CharTokenizer:
-        data = json.loads(Path(path).read_text())
-        if data.get("type") != "char":
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: missing (a character tokenizer file, written by CharTokenizer.save)")
+        try:
+            data = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"{path}: not valid JSON ({e})") from None
+        if not isinstance(data, dict) or data.get("type") != "char":
             raise ValueError(f"{path} is not a character tokenizer file")
         return cls(data["alphabet"], tuple(data["special_tokens"]))

@@ -306,6 +306,12 @@ def main(path: str, as_json: bool = False, timeout: float = 60, solutions_dir: s
     if not Path(path).is_file():
         print(f"mlakit grade: no such notebook: {path}")
         return 2
+    try:
+        nbformat.read(path, as_version=4)
+    except Exception as e:  # noqa: BLE001 - nbformat raises several kinds for a file that is not a notebook
+        print(f"mlakit grade: {path} is not a Jupyter notebook ({type(e).__name__}): give an .ipynb file, "
+              "e.g. exercises/01_attention_and_kv_cache.ipynb")
+        return 2
     report = grade(path, timeout=timeout, solutions_dir=solutions_dir)
     print(json.dumps(report.to_dict(), indent=2) if as_json else report.text())
     return 0 if report.ok else 1

@@ -40,13 +40,22 @@ def addition_splits(digits: int = 2, seed: int = 0) -> tuple[AdditionTask, dict[
     return task, make_splits(problems, seed=seed)
 
 
+EVAL_NEW_TOKENS = 32  # greedy decoding budget per evaluation problem (stops earlier at eos)
+
+
 def exact_match_eval(tokenizer: CharTokenizer, problems: list[Problem], verify,
                      n: int = EVAL_PROBLEMS) -> Callable[[nn.Module], dict]:
-    """An ``eval_fn`` for the Trainer: greedy exact match on the first ``n`` problems."""
+    """An ``eval_fn`` for the Trainer: greedy exact match on the first ``n`` problems.
+
+    Up to :data:`EVAL_NEW_TOKENS` new tokens per problem, fewer when the model's
+    context (``max_position_embeddings``) ends sooner after the longest prompt.
+    """
     chosen = problems[:n]
+    longest_prompt = max((len(tokenizer.encode(p.prompt, bos=True)) for p in chosen), default=0)
 
     def evaluate(model: nn.Module) -> dict:
-        return {"exact_match": exact_match(model, tokenizer, chosen, verify)["exact_match"]}
+        budget = min(EVAL_NEW_TOKENS, model.config.max_position_embeddings - longest_prompt)
+        return {"exact_match": exact_match(model, tokenizer, chosen, verify, max_new_tokens=budget)["exact_match"]}
 
     return evaluate
 
