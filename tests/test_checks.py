@@ -48,8 +48,22 @@ def _wrong_shape(q, k):
     return checks.reference_causal_scores(q, k)[..., :-1]
 
 
+def _masked_with(q, k, diagonal):
+    s = q @ k.transpose(-2, -1) / q.shape[-1] ** 0.5
+    return s.masked_fill(torch.ones(s.shape[-2:], dtype=torch.bool).triu(diagonal), float("-inf"))
+
+
+def _float64(q, k):
+    s = (q.double() @ k.double().mT) / q.shape[-1] ** .5
+    return s.masked_fill(torch.ones(s.shape[-2:], dtype=torch.bool).triu(1), float("-inf"))
+
+
 @pytest.mark.parametrize("fn, status, phrase", [
     (as_learner(checks.reference_causal_scores), PASS, "matches"),
+    (_float64, PASS, "matches"),
+    (lambda q, k: _masked_with(q, k, 0), FAIL, "the diagonal is masked too"),
+    (lambda q, k: _masked_with(q, k, 2), FAIL, "key j = i + 1 is visible"),
+    (lambda q, k: torch.softmax(_masked_with(q, k, 1), dim=-1), FAIL, "softmax weights"),
     (_big_negative, PASS, "matches"),
     (_no_mask, FAIL, "not masked"),
     (_no_scale, FAIL, "not scaled"),

@@ -33,9 +33,21 @@ def check_causal_scores(causal_scores: Answer) -> str:
         lower = ~upper
         if upper.any() and (got[..., upper] <= -1e4).all() and _close(got[..., lower], want[..., lower]):
             continue  # a large negative number instead of -inf gives the same softmax
+        T = shape[-2]
+        diagonal = torch.eye(T, dtype=torch.bool)  # (T, T): j = i
+        next_key = torch.ones(T, T, dtype=torch.bool).triu(1) & ~torch.ones(T, T, dtype=torch.bool).triu(2)  # j = i + 1
         diagnose(got, [
+            (torch.softmax(want, dim=-1), "these are softmax weights (each row sums to 1), not scores. Hint: "
+                                          "return the masked, scaled scores; the softmax comes after"),
             (want.masked_fill(upper, 0.0), "the masked positions are 0. Hint: use -inf, so softmax gives them "
                                            "weight exactly 0"),
+            (want.masked_fill(diagonal, float("-inf")),
+             "the diagonal is masked too, so a query cannot see its own key (j = i). Hint: mask only j > i: "
+             "torch.ones(T, T, dtype=torch.bool).triu(1) (diagonal=1), not triu(0)"),
+            (reference_causal_scores(q, k).masked_fill(next_key, 0.0) + (q @ k.transpose(-2, -1) / d ** 0.5)
+             .masked_fill(~next_key, 0.0) if T > 1 else None,
+             "key j = i + 1 is visible: each query sees one key too many. Hint: the mask starts right above "
+             "the diagonal, triu(diagonal=1); triu(2) leaves the next key unmasked"),
         ])
         if upper.any() and torch.isfinite(got[..., upper]).all():
             i, j = upper.nonzero()[0].tolist()
