@@ -23,6 +23,23 @@ where ``mlakit grade`` finds the exercises to expect and the hidden tests to run
 nbgrader's ClearSolutions / ClearHiddenTests / ClearOutput without depending on
 nbgrader. ``mlakit exercises build`` (``make exercises``) writes ``exercises/``;
 ``mlakit exercises check`` fails when ``exercises/`` differs from what it would write.
+
+Markdown answers: the "Check your understanding" cell that ends each solution
+notebook holds the lesson's questions, each followed by its model answer
+between markers on lines of their own. In a markdown cell the markers may be
+written as HTML comments, which do not render (no "BEGIN SOLUTION" headings in
+the solution notebook or its table of contents)::
+
+    1. Why is decoding memory-bound?
+
+       <!-- BEGIN SOLUTION -->
+       Each weight is read for about two operations per token ...
+       <!-- END SOLUTION -->
+
+The exercise notebook keeps the question and shows ``YOUR ANSWER HERE`` at the
+marker's indentation (inside the list item). ``### BEGIN SOLUTION`` lines work
+in markdown too. Markdown cells are never executed, so the grader does not
+count them as exercises.
 """
 
 from __future__ import annotations
@@ -35,12 +52,18 @@ import nbformat
 
 BEGIN_SOLUTION, END_SOLUTION = "### BEGIN SOLUTION", "### END SOLUTION"
 BEGIN_HIDDEN, END_HIDDEN = "### BEGIN HIDDEN TESTS", "### END HIDDEN TESTS"
+MARKDOWN_MARKER = re.compile(r"<!--\s*(BEGIN|END) SOLUTION\b(.*?)\s*-->")  # a marker line that does not render
+ANSWER_STUB = "YOUR ANSWER HERE"
 DEF_LINE = re.compile(r"^\s*def (\w+)\(")
 METADATA_KEY = "mlakit"  # notebook metadata: {"solution": "01_attention_and_kv_cache.ipynb"}
 
 
 class MarkerError(ValueError):
     """A solution region that is not closed, or closed without being opened."""
+
+
+def _indent(line: str) -> str:
+    return line[: len(line) - len(line.lstrip())]
 
 
 def _strip_regions(lines: list[str], begin: str, end: str, replace, where: str) -> list[str]:
@@ -65,12 +88,24 @@ def _strip_regions(lines: list[str], begin: str, end: str, replace, where: str) 
 
 
 def _code_stub(begin_line: str, before: list[str]) -> list[str]:
-    indent = begin_line[: len(begin_line) - len(begin_line.lstrip())]
+    indent = _indent(begin_line)
     pointer = begin_line.strip()[len(BEGIN_SOLUTION):].lstrip(" :-").strip()
     owner = next((m.group(1) for line in reversed(before) if (m := DEF_LINE.match(line))), None)
     message = ": ".join(x for x in (owner, pointer or "write your code here") if x)
     comment = f"{indent}# YOUR CODE HERE" + (f": {pointer}" if pointer else "")
     return [comment, f"{indent}raise NotImplementedError({message!r})"]
+
+
+def _markdown_markers(lines: list[str]) -> list[str]:
+    """``<!-- BEGIN SOLUTION -->`` / ``<!-- END SOLUTION -->`` lines as the ``### ...`` markers."""
+    out = []
+    for line in lines:
+        m = MARKDOWN_MARKER.fullmatch(line.strip())
+        if m:
+            marker = BEGIN_SOLUTION if m.group(1) == "BEGIN" else END_SOLUTION
+            line = _indent(line) + marker + m.group(2)
+        out.append(line)
+    return out
 
 
 def exercise_source(source: str, cell_type: str = "code", where: str = "cell") -> str:
@@ -80,7 +115,8 @@ def exercise_source(source: str, cell_type: str = "code", where: str = "cell") -
     if cell_type == "code":
         lines = _strip_regions(lines, BEGIN_SOLUTION, END_SOLUTION, _code_stub, where)
     else:
-        lines = _strip_regions(lines, BEGIN_SOLUTION, END_SOLUTION, lambda b, o: ["YOUR ANSWER HERE"], where)
+        lines = _strip_regions(_markdown_markers(lines), BEGIN_SOLUTION, END_SOLUTION,
+                               lambda b, o: [_indent(b) + ANSWER_STUB], where)
     return "\n".join(lines)
 
 
