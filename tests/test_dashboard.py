@@ -4,8 +4,12 @@ import matplotlib
 
 matplotlib.use("Agg")
 
+import base64  # noqa: E402
+import importlib.util  # noqa: E402
 import math  # noqa: E402
+from pathlib import Path  # noqa: E402
 
+import ipywidgets  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
@@ -20,6 +24,8 @@ from mlakit.kvcache import (  # noqa: E402
 from mlakit.model import MiniDeepSeek  # noqa: E402
 from mlakit.viz import CacheDashboard, cache_dashboard, parameter_count  # noqa: E402
 from mlakit.viz.dashboard import MODEL_CHOICES, dashboard_config  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -183,3 +189,210 @@ def test_parameter_count_equals_the_model_and_the_papers():
         total, active = parameter_count(ModelConfig.from_preset(name))
         assert math.isclose(total / 1e9, total_b, rel_tol=0.01), name
         assert math.isclose(active / 1e9, active_b, rel_tol=0.12), name  # V2-Lite's 2.4B leaves out the embedding
+
+
+# ---------------------------------------------------------------- layout at 1280 px, without a browser
+# Sizes of ipywidgets 8's stylesheet (jupyterlab_widgets), in CSS px: a control's label takes
+# description_width plus an 8 px margin and cuts its text with an ellipsis; a button has 10 px of padding
+# on each side and a toggle button 2 px of margin on each side; a control in a box has 2 px of margin on
+# each side; a slider's track has 6 px of margin on each side and its readout is at least 72 px wide
+# (4 px margin); a dropdown's <select> keeps 20 px for its arrow, 4 px of padding and 2 px of border; a
+# tab's contents have 15 px of padding and a 1 px border. Text is 13 px.
+FONT_PX = 13
+LABEL_MARGIN, BUTTON_PADDING, BUTTON_MARGIN, WIDGET_MARGIN = 8, 2 * 10, 2 * 2, 2 * 2
+TRACK_MARGIN, READOUT_MIN, READOUT_MARGIN, SELECT_CHROME, TAB_CHROME = 2 * 6, 72, 4, 20 + 4 + 2, 2 * (15 + 1)
+OUTPUT_AREA_1280 = 1100  # a notebook's output area in a 1280 px wide Chromium window (JupyterLab, side panel closed)
+
+
+def text_px(text: str) -> float:
+    """Width of ``text`` at 13 px in DejaVu Sans (wider than the usual UI fonts), plus 15% to spare."""
+    from matplotlib import font_manager
+    from matplotlib.ft2font import FT2Font
+
+    font = FT2Font(font_manager.findfont(font_manager.FontProperties(family="DejaVu Sans")))
+    font.set_size(FONT_PX, 72)  # at 72 dpi a point is a px
+    font.set_text(text)
+    return 1.15 * font.get_width_height()[0] / 64
+
+
+def px(length) -> float:
+    """A CSS length in px: "140px", or "8em" at 13 px; anything else (auto, %, unset) fails the test."""
+    length = str(length)
+    if length.endswith("px"):
+        return float(length[:-2])
+    if length.endswith("em"):
+        return float(length[:-2]) * FONT_PX
+    pytest.fail(f"expected a fixed width in px or em, got {length!r}")
+
+
+def _margin_left(layout) -> float:
+    """The left margin in a CSS margin shorthand ("0 0 0 16px" is top, right, bottom, left)."""
+    parts = (layout.margin or "0").split()
+    left = parts[{1: 0, 2: 1, 3: 1, 4: 3}[len(parts)]]
+    return 0.0 if left == "0" else px(left)
+
+
+def test_text_px_measures_what_it_should():
+    assert 100 < text_px("kv_lora_rank d_c") < 140 and text_px("fp8") < text_px("141 GB H200")
+    assert px("140px") == 140 and px("8em") == 104
+    assert _margin_left(ipywidgets.Layout(margin="0 0 0 16px")) == 16 and _margin_left(ipywidgets.Layout()) == 0
+
+
+def test_every_label_is_shown_whole(dash):
+    """No label is cut: "kv_lora_rank d_c" and "rope dim d_h^R" were, at description_width 8em."""
+    for name, control in dash.controls.items():
+        assert control.description, name
+        label = px(control.style.description_width)
+        assert text_px(control.description) <= label, (name, control.description, label)
+    for name, control in dash.controls.items():
+        assert px(control.style.description_width) + LABEL_MARGIN < px(control.layout.width), name
+
+
+def test_every_value_is_shown_whole(dash):
+    """The dropdown's longest model, every toggle button's text on one line, every slider's readout beside it."""
+    c = dash.controls
+    dropdown = c["preset"]
+    select = px(dropdown.layout.width) - px(dropdown.style.description_width) - LABEL_MARGIN
+    for label, _ in dropdown.options:  # "deepseek-v2-lite, with MHA" was cut
+        assert text_px(label) + SELECT_CHROME <= select, label
+
+    for name in ("precision", "gpu"):  # "141 GB H2..." was cut, the precision buttons wrapped
+        toggle = c[name]
+        button = px(toggle.style.button_width)
+        for label in toggle._options_labels:
+            assert text_px(label) <= button - BUTTON_PADDING, (name, label)
+        # one line even if the padding came on top of button_width
+        in_line = px(toggle.style.description_width) + LABEL_MARGIN + len(toggle.options) * (
+            button + BUTTON_PADDING + BUTTON_MARGIN)
+        assert in_line <= px(toggle.layout.width), name
+
+    for name in ("context", "batch_size", "kv_lora_rank", "qk_rope_head_dim"):
+        slider = c[name]
+        assert slider.readout and slider.orientation == "horizontal", name
+        values = [label for label, _ in slider.options] if name == "context" else [str(slider.min), str(slider.max)]
+        assert max(text_px(v) for v in values) <= READOUT_MIN, name
+        track = (px(slider.layout.width) - px(slider.style.description_width) - LABEL_MARGIN - TRACK_MARGIN
+                 - READOUT_MIN - READOUT_MARGIN)
+        assert track >= 200, (name, track)  # a track to drag, the readout beside it
+
+
+def test_controls_and_numbers_side_by_side_at_1280px(dash):
+    """The controls' column and the numbers fit one row of a 1280 px window and never shrink; a narrower
+    output area puts the numbers below the controls instead of over the sliders' readouts."""
+    column, numbers = dash.top.children
+    assert column is dash.controls_box and numbers is dash.numbers
+    assert list(column.children) == list(dash.controls.values())
+    widest = max(px(control.layout.width) for control in dash.controls.values())
+    assert px(column.layout.width) >= widest + WIDGET_MARGIN  # no scroll bar in the column
+    row = px(column.layout.width) + _margin_left(numbers.layout) + px(numbers.layout.width)
+    assert row + TAB_CHROME <= OUTPUT_AREA_1280, row
+    assert column.layout.flex == numbers.layout.flex == "0 0 auto"  # fixed widths: nothing squeezed
+    assert dash.top.layout.flex_flow == "row wrap"
+    assert "width:100%" in dash.numbers.value.replace(" ", "")  # the table wraps its text inside its width
+    assert dash.figure.get_figwidth() * 100 + TAB_CHROME <= OUTPUT_AREA_1280  # the plot's PNG, saved at 100 dpi
+
+
+# ---------------------------------------------------------------- one dashboard per setting
+def test_dashboard_built_with_settings_leaves_others_alone(dash):
+    served = {"precision": "fp8", "gpu": "H200", "batch_size": 32}
+    other = cache_dashboard("deepseek-v3", **served)
+    assert other.widget is not dash.widget and not set(map(id, other.controls.values())) & set(
+        map(id, dash.controls.values()))
+    assert (dash.state["precision"], dash.state["batch_size"]) == ("bf16", 1)  # the first one as it was
+    _assert_state(other.state, ModelConfig.from_preset("deepseek-v3"), 131_072, 32, "fp8")
+    dash.set(**served)
+    assert dash.state == other.state  # the same numbers as moving the first one there
+    with pytest.raises(ValueError, match="no control"):
+        cache_dashboard("nano", colour="red")
+
+
+def test_copy_makes_a_new_dashboard_from_the_settings():
+    v3 = cache_dashboard("deepseek-v3", precision="fp8", gpu="H200", batch_size=32)
+    before = dict(v3.state)
+    half = v3.copy(kv_lora_rank=256)
+    mha = v3.copy(preset="deepseek-v3-mha")
+    assert v3.state == before and v3.controls["kv_lora_rank"].value == 512  # the original is untouched
+    v3_cfg = ModelConfig.from_preset("deepseek-v3")
+    _assert_state(half.state, v3_cfg.replace(kv_lora_rank=256), 131_072, 32, "fp8")
+    _assert_state(mha.state, v3_cfg.variant("mha"), 131_072, 32, "fp8")
+    assert "8,384 GB" in mha.numbers.value and "e+" not in mha.numbers.value  # GB without an exponent
+    half.controls["kv_lora_rank"].value = 128  # moving the copy moves only the copy
+    assert v3.controls["kv_lora_rank"].value == 512 and half.state["elements_per_token"] == 128 + 64
+    lite = half.copy(preset="deepseek-v2-lite")  # a new preset brings its own MLA sliders...
+    assert lite.controls["kv_lora_rank"].value == 512 and lite.state["batch_size"] == 32
+    assert half.copy(preset="deepseek-v2-lite", kv_lora_rank=64).state["elements_per_token"] == 64 + 64  # ...unless given
+    assert mha.copy(preset="deepseek-v2").controls["kv_lora_rank"].value == 512
+    assert mha.settings().keys() == {"preset", "context", "batch_size", "precision", "gpu"}  # no MLA sliders for MHA
+
+
+def test_display_has_a_png_and_numbers_where_widgets_cannot_show(dash):
+    bundle = dash._repr_mimebundle_()
+    assert bundle["application/vnd.jupyter.widget-view+json"]["model_id"] == dash.widget.model_id
+    png = bundle["image/png"]
+    assert png == dash.plot.outputs[0]["data"]["image/png"] and base64.b64decode(png)[:8] == b"\x89PNG\r\n\x1a\n"
+    text = bundle["text/plain"]
+    assert not text.startswith("Tab(") and text == dash.summary()
+    assert "deepseek-v3, 128k tokens x batch 1, bf16" in text and "9.21 GB" in text and "56.9x smaller" in text
+
+
+# ---------------------------------------------------------------- the saved notebook keeps the widgets it shows
+def _run_notebooks_module():
+    spec = importlib.util.spec_from_file_location("run_notebooks", ROOT / "scripts" / "run_notebooks.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_saved_widget_state_keeps_what_is_displayed():
+    import nbformat
+
+    rn = _run_notebooks_module()
+    view = rn.WIDGET_VIEW
+
+    def model(name, **state):
+        return {"model_name": name, "model_module": "@jupyter-widgets/controls", "model_module_version": "2.0.0",
+                "state": {"_model_name": name, **state}}
+
+    states = {"tab": model("TabModel", children=["IPY_MODEL_box"], layout="IPY_MODEL_l1"),
+              "box": model("VBoxModel", children=["IPY_MODEL_out"]), "l1": model("LayoutModel"),
+              "out": model("OutputModel", outputs=[{"output_type": "display_data",
+                                                   "data": {view: {"model_id": "inner"}}}]),
+              "inner": model("HTMLModel"), "unshown": model("TabModel", children=["IPY_MODEL_l2"]),
+              "l2": model("LayoutModel")}
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("dash", outputs=[nbformat.v4.new_output(
+        "display_data", data={view: {"model_id": "tab", "version_major": 2, "version_minor": 0},
+                              "text/plain": "dashboard"})])]
+    nb.metadata["widgets"] = {rn.WIDGET_STATE: {"state": states, "version_major": 2, "version_minor": 0}}
+    assert rn.keep_displayed_widgets(nb) == 2
+    assert set(nb.metadata["widgets"][rn.WIDGET_STATE]["state"]) == {"tab", "box", "l1", "out", "inner"}
+    nb.cells[0].outputs = []
+    rn.keep_displayed_widgets(nb)
+    assert "widgets" not in nb.metadata
+
+
+def test_lesson_04_saves_its_dashboards_with_a_png():
+    """The executed lesson holds the state of every widget it displays, and a PNG beside each dashboard."""
+    import nbformat
+
+    rn = _run_notebooks_module()
+    nb = nbformat.read(ROOT / "notebooks" / "04_mla_inference.ipynb", as_version=4)
+    states = nb.metadata["widgets"][rn.WIDGET_STATE]["state"]
+    shown = 0
+    for cell in nb.cells:
+        for output in cell.get("outputs", []):
+            if rn.WIDGET_VIEW in output.get("data", {}):
+                shown += 1
+                assert output["data"]["image/png"] and output["data"]["text/plain"].startswith("KV-cache dashboard")
+                assert "nbval-ignore-output" in cell.metadata.get("tags", [])  # nbval skips the widget's text
+                todo, seen = set(), set()
+                rn._widget_refs(output["data"], todo)
+                while todo:  # the dashboard and every widget inside it, down to layouts and styles
+                    model_id = todo.pop()
+                    assert model_id in states, model_id
+                    if model_id not in seen:
+                        seen.add(model_id)
+                        rn._widget_refs(states[model_id]["state"], todo)
+                assert {states[m]["model_name"] for m in seen} >= {"TabModel", "OutputModel", "ToggleButtonsModel"}
+    assert shown >= 2  # the dashboard of section 4 and the one of the served setting
+    assert rn.keep_displayed_widgets(nb) == 0  # nothing saved that is not shown

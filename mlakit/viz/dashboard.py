@@ -28,6 +28,21 @@ For testing without a browser: callbacks are named methods
 the widget values, compute a small ``state`` dict and update the widgets, so
 ``dash.controls["context"].value = 4096`` followed by reading
 ``dash.state["cache_gb"]`` works in plain pytest.
+
+Each dashboard keeps its own settings: ``cache_dashboard("deepseek-v3",
+precision="fp8")`` builds one with some controls set, and ``dash.copy(...)``
+a new one from another's settings, so a notebook that shows several settings
+shows several dashboards instead of moving one it displayed earlier (a
+displayed widget always shows its latest state, also in the saved notebook).
+
+Layout (sizes in CSS px at ipywidgets' font size, 13 px): every control is
+:data:`CONTROL_PX` wide with a :data:`LABEL_PX` label, wide enough for its
+whole label, its value and a slider's readout beside it; the numbers table
+(:data:`NUMBERS_PX`) sits beside the controls when the output area is wide
+enough (a notebook in a 1280 px browser window: about 1,100 px), below them
+otherwise; nothing shrinks, so nothing is cut or wraps. Where widgets cannot
+be drawn (a static view of the notebook, a web page made from it), the
+display shows a PNG of the dashboard's plot and a line of its numbers.
 """
 
 from __future__ import annotations
@@ -61,6 +76,17 @@ NODE_GPUS = 8  # GPUs in one server node (HGX H100 / H200): where a model goes w
 PRECISIONS = {"fp32": "fp32", "bf16": "bf16", "fp8": "fp8", "6-bit": 6}  # label -> kvcache dtype
 CONTEXTS = tuple(2**k for k in range(10, 21))  # 1k .. 1M tokens, doubling
 MLA_PRESETS = ("deepseek-v3", "deepseek-v2", "deepseek-v2-lite")  # each also offered with plain MHA
+MLA_CONTROLS = ("kv_lora_rank", "qk_rope_head_dim")  # the sliders that only an MLA model uses
+
+# Layout, in CSS px at ipywidgets' font size (13 px, --jp-widgets-font-size). A label is LABEL_PX wide
+# (the longest, "kv_lora_rank d_c", takes about 110 px) plus 8 px of margin; buttons have 10 px of
+# padding on each side and 2 px of margin; a control in a box has 2 px of margin on each side.
+LABEL_PX = 140
+CONTROL_PX = 500  # every control
+WIDGET_MARGIN_PX = 2  # ipywidgets' margin around a control (--jp-widgets-margin)
+BUTTON_PX = {"precision": 60, "gpu": 120}  # one toggle button; the longest labels: "6-bit", "141 GB H200"
+NUMBERS_PX = 500  # the table of numbers, beside the controls (below them when the output area is narrower)
+GAP_PX = 16  # between the controls and the table
 
 
 def _model_choices() -> dict[str, str]:
@@ -120,6 +146,11 @@ def _png_output(fig) -> dict:
             "data": {"image/png": base64.b64encode(buf.getvalue()).decode("ascii"), "text/plain": repr(fig)}}
 
 
+def _gb(x: float) -> str:
+    """GB to three significant digits without an exponent: 0.0503, 9.21, 147, 8,384."""
+    return f"{x:,.0f}" if x >= 100 else f"{x:.3g}"
+
+
 def _row(name: str, value: str) -> str:
     return f"<tr><td style='padding-right:1em'>{name}</td><td style='text-align:right'><b>{value}</b></td></tr>"
 
@@ -135,31 +166,39 @@ class CacheDashboard:
     headline (the numbers of the "V2 headline" tab).
     """
 
-    def __init__(self, preset: str = "deepseek-v3"):
+    def __init__(self, preset: str = "deepseek-v3", **values):
+        """A dashboard for ``preset`` with the controls named in ``values`` set (as :meth:`set` takes them)."""
         if preset not in MODEL_CHOICES:
             raise ValueError(f"unknown model {preset!r}; valid: {', '.join(MODEL_CHOICES)}")
         from matplotlib.figure import Figure
 
-        style = {"description_width": "8em"}
-        wide = widgets.Layout(width="26em")
+        style = {"description_width": f"{LABEL_PX}px"}
+
+        def fixed(width):  # a fixed width that never shrinks in a row
+            return widgets.Layout(width=f"{width}px", flex="0 0 auto")
+
         self.controls = {
             "preset": widgets.Dropdown(options=[(label, key) for key, label in MODEL_CHOICES.items()],
-                                       value=preset, description="model", style=style, layout=wide),
+                                       value=preset, description="model", style=style, layout=fixed(CONTROL_PX)),
             "context": widgets.SelectionSlider(options=[(context_label(t), t) for t in CONTEXTS], value=128 * 1024,
-                                               description="context", style=style, layout=wide),
+                                               description="context", style=style, layout=fixed(CONTROL_PX)),
             "batch_size": widgets.IntSlider(value=1, min=1, max=128, description="batch size", style=style,
-                                            layout=wide),
+                                            layout=fixed(CONTROL_PX)),
             "precision": widgets.ToggleButtons(options=list(PRECISIONS), value="bf16", description="precision",
-                                               style={**style, "button_width": "4.5em"}),
+                                               style={**style, "button_width": f"{BUTTON_PX['precision']}px"},
+                                               layout=fixed(CONTROL_PX)),
             "gpu": widgets.ToggleButtons(options=[(f"{gb} GB {name}", name) for name, gb in GPU_MEMORY_GB.items()],
-                                         value="H100", description="GPU", style={**style, "button_width": "8em"}),
+                                         value="H100", description="GPU",
+                                         style={**style, "button_width": f"{BUTTON_PX['gpu']}px"},
+                                         layout=fixed(CONTROL_PX)),
             "kv_lora_rank": widgets.IntSlider(value=512, min=16, max=2048, step=16, description="kv_lora_rank d_c",
-                                              style=style, layout=wide),
+                                              style=style, layout=fixed(CONTROL_PX)),
             "qk_rope_head_dim": widgets.IntSlider(value=64, min=8, max=256, step=8, description="rope dim d_h^R",
-                                                  style=style, layout=wide),
+                                                  style=style, layout=fixed(CONTROL_PX)),
         }
         self.state: dict = {}
-        self.numbers = widgets.HTML()
+        self.numbers = widgets.HTML(layout=widgets.Layout(width=f"{NUMBERS_PX}px", flex="0 0 auto",
+                                                          margin=f"0 0 0 {GAP_PX}px"))
         self.plot = widgets.Output(layout=widgets.Layout(min_height="420px"))
         self.headline = widgets.HTML()
         self.headline_plot = widgets.Output()
@@ -168,7 +207,10 @@ class CacheDashboard:
         self.ax = None
         self._quiet = False  # True while on_preset or set() move several controls: one update at the end
 
-        main = widgets.VBox([widgets.HBox([widgets.VBox(list(self.controls.values())), self.numbers]), self.plot])
+        self.controls_box = widgets.VBox(list(self.controls.values()), layout=fixed(CONTROL_PX + 2 * WIDGET_MARGIN_PX))
+        # controls and numbers side by side, the numbers below when the output area is too narrow for both
+        self.top = widgets.HBox([self.controls_box, self.numbers], layout=widgets.Layout(flex_flow="row wrap"))
+        main = widgets.VBox([self.top, self.plot])
         self.widget = widgets.Tab(children=[main, widgets.VBox([self.headline, self.headline_plot])],
                                   titles=("KV cache", "V2 headline"))
         self.controls["preset"].observe(self.on_preset, names="value")
@@ -176,7 +218,7 @@ class CacheDashboard:
             if name != "preset":
                 control.observe(self.update, names="value")
         self.show_headline()
-        self.on_preset()
+        self.set(preset=preset, **values)  # the preset's MLA sliders, then the values given: one update
 
     # ------------------------------------------------------------ callbacks
     def on_preset(self, change=None) -> None:
@@ -185,7 +227,7 @@ class CacheDashboard:
         is_mla = cfg.attn_type == "mla"
         quiet, self._quiet = self._quiet, True
         try:
-            for name in ("kv_lora_rank", "qk_rope_head_dim"):
+            for name in MLA_CONTROLS:
                 slider = self.controls[name]
                 slider.disabled = not is_mla
                 if is_mla:
@@ -229,6 +271,21 @@ class CacheDashboard:
         finally:
             self._quiet = quiet
         self.update()
+
+    def settings(self) -> dict:
+        """The control values, as :meth:`set` and :func:`cache_dashboard` take them (the MLA sliders only
+        for an MLA model: for another they are disabled and unused)."""
+        mla = dashboard_config(self.controls["preset"].value).attn_type == "mla"
+        return {name: c.value for name, c in self.controls.items() if mla or name not in MLA_CONTROLS}
+
+    def copy(self, **values) -> CacheDashboard:
+        """A new dashboard with this one's settings, then ``values`` (``dash.copy(preset="nano")``); this one
+        is left as it is. A new ``preset`` brings its own MLA sliders unless ``values`` sets them too."""
+        settings = self.settings()
+        if "preset" in values:
+            settings = {k: v for k, v in settings.items() if k not in MLA_CONTROLS}
+        settings.update(values)
+        return CacheDashboard(**settings)
 
     # ------------------------------------------------------------ computation
     def config(self) -> ModelConfig:
@@ -281,7 +338,7 @@ class CacheDashboard:
         ratio = "same as MHA" if s["ratio_to_mha"] == 1 else f"{s['ratio_to_mha']:.1f}x smaller than MHA"
         rows = [
             _row(f"KV cache, {context_label(s['context'])} tokens x batch {s['batch_size']}",
-                 f"{s['cache_gb']:,.3g} GB ({fits})"),
+                 f"{_gb(s['cache_gb'])} GB ({fits})"),
             _row("against the same model with MHA", ratio),
             _row(f"bytes per token, all layers ({dtype_label(s['dtype'])})", f"{s['bytes_per_token']:,}"),
             _row("elements per token per layer", f"{s['elements_per_token']:,}"),
@@ -289,11 +346,11 @@ class CacheDashboard:
                  f"{s['parameters_total'] / 1e9:,.1f}B / {s['parameters_active'] / 1e9:,.1f}B"),
             _row(f"weights in {dtype_label(s['dtype'])}", f"{s['weights_gb']:,.1f} GB"),
             _row(f"longest context that fits, batch {s['batch_size']}", f"{s['max_context']:,} tokens each"),
-            _row("", where),
+            f"<tr><td colspan='2' style='font-size:0.9em'>{where}</td></tr>",
             _row(f"one whole {gpu} for the cache, no weights", f"{s['max_context_cache_only']:,} tokens each"),
             _row("trained context of the model", f"{s['model_max_context']:,} tokens"),
         ]
-        return f"<table style='font-size:0.95em'>{''.join(rows)}</table>"
+        return f"<table style='font-size:0.95em; width:100%; line-height:1.5'>{''.join(rows)}</table>"
 
     def draw(self) -> None:
         """Redraw cache against context for the chosen model (and MHA for scale), marker at the chosen context."""
@@ -302,7 +359,7 @@ class CacheDashboard:
         kinds = ("mha",) if cfg.attn_type == "mha" else ("mha", cfg.attn_type)
         self.figure.clear()
         ax = self.figure.subplots()
-        title = (f"{s['model']}: {s['cache_gb']:,.3g} GB of cache at {context_label(s['context'])} tokens, "
+        title = (f"{s['model']}: {_gb(s['cache_gb'])} GB of cache at {context_label(s['context'])} tokens, "
                  + ("same as MHA" if s["ratio_to_mha"] == 1 else f"{s['ratio_to_mha']:.1f}x less than MHA"))
         plot_cache_vs_context(cfg, kinds=kinds, dtype=s["dtype"], batch_size=s["batch_size"],
                               max_context=CONTEXTS[-1], gpu_memory_gb=(s["gpu_gb"],), title=title, ax=ax)
@@ -347,13 +404,35 @@ class CacheDashboard:
         fig.subplots_adjust(left=0.1, right=0.97, bottom=0.15, top=0.92)
         self.headline_plot.outputs = (_png_output(fig),)
 
+    def summary(self) -> str:
+        """One line with the settings and the main numbers: the text of the dashboard where widgets cannot show."""
+        s = self.state
+        if s.get("error"):
+            return f"KV-cache dashboard: not a valid model: {s['error']}"
+        ratio = "same as MHA" if s["ratio_to_mha"] == 1 else f"{s['ratio_to_mha']:.1f}x smaller than MHA"
+        fits = "fits" if s["fits"] else "does not fit"
+        return (f"KV-cache dashboard: {s['model']}, {context_label(s['context'])} tokens x batch {s['batch_size']}, "
+                f"{s['precision']}, {s['gpu_gb']} GB {s['gpu']}: KV cache {_gb(s['cache_gb'])} GB ({fits}), "
+                f"{ratio}, {s['bytes_per_token']:,} bytes per token")
+
     def _repr_mimebundle_(self, **kwargs):
-        return self.widget._repr_mimebundle_(**kwargs)
+        """The widgets, with a PNG of the plot and :meth:`summary` for where widgets cannot be drawn.
+
+        Frontends that draw widgets (JupyterLab, Notebook 7, an HTML export with the saved widget state)
+        prefer the widget view; a static view (GitHub, a Markdown export) shows the PNG or the text.
+        """
+        data = dict(self.widget._repr_mimebundle_(**kwargs))
+        data["text/plain"] = self.summary()
+        if self.plot.outputs:
+            data["image/png"] = self.plot.outputs[0]["data"]["image/png"]
+        return data
 
 
-def cache_dashboard(preset: str = "deepseek-v3") -> CacheDashboard:
-    """Build the KV-cache dashboard (display it by leaving it last in a cell). See the module docstring."""
-    return CacheDashboard(preset)
+def cache_dashboard(preset: str = "deepseek-v3", **values) -> CacheDashboard:
+    """Build the KV-cache dashboard for ``preset`` with the controls in ``values`` set
+    (``cache_dashboard("deepseek-v3", precision="fp8", batch_size=32)``); display it by leaving it last
+    in a cell. See the module docstring."""
+    return CacheDashboard(preset, **values)
 
 
 __all__ = ["cache_dashboard", "CacheDashboard", "parameter_count", "longest_context", "dashboard_config",
