@@ -210,6 +210,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-p", type=float, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_generate)
+    from .data.cli import register
+
+    register(sub)  # mlakit data build / card
     return parser
 
 

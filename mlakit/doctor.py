@@ -20,7 +20,7 @@ import platform
 import sys
 from dataclasses import dataclass
 
-REQUIRED = ("mlakit", "torch", "numpy", "safetensors", "tqdm")  # the library's imports
+REQUIRED = ("mlakit", "torch", "numpy", "safetensors", "tqdm", "datasketch")  # the library's imports
 COURSE = ("matplotlib", "ipywidgets", "jupyterlab", "nbclient", "nbformat")  # notebooks, dashboards, grader
 DEV = ("pytest", "nbval", "hypothesis", "ruff", "transformers")  # tests and authoring
 OPTIONAL = ("triton",)
