@@ -1,5 +1,7 @@
 """Lesson 02 checkers: the reference passes, known-wrong answers fail with their hint, stubs are NOT ATTEMPTED."""
 
+import inspect
+
 import pytest
 import torch
 from learner import as_learner
@@ -30,12 +32,15 @@ def _with_library_norm(h, w, gain):
     (as_learner(checks.reference_compress_kv), PASS, "matches"),
     (_with_library_norm, PASS, "matches"),
     (lambda h, w, gain: torch.nn.functional.rms_norm(h @ w.T, (w.shape[0],), gain, 1e-6), PASS, "matches"),
+    (lambda h, w, gain: checks.reference_compress_kv(h.double(), w.double(), gain.double()), PASS, "matches"),
     (lambda h, w, gain: h @ w.T, FAIL, "not normalised"),
     (lambda h, w, gain: (h @ w.T) * gain, FAIL, "not normalised"),
     (lambda h, w, gain: _rms(h @ w.T), FAIL, "gain is missing"),
     (lambda h, w, gain: _rms(h @ w) * gain, FAIL, "untransposed"),
     (lambda h, w, gain: _rms((c := h @ w.T) - c.mean(-1, keepdim=True)) * gain, FAIL, "LayerNorm"),
     (lambda h, w, gain: _rms(h @ w.T, (0, 1, 2)) * gain, FAIL, "wrong axis"),
+    (lambda h, w, gain: _rms(h @ w.T, (0,)) * gain, FAIL, "wrong axis"),
+    (lambda h, w, gain: _rms(h @ w.T, (1,)) * gain, FAIL, "wrong axis"),
     (lambda h, w, gain: _rms(h @ w.T) * gain * 2, FAIL, "Hint"),
     (lambda h, w, gain: (h @ w.T)[..., :-1], FAIL, "shape"),
     (_not_done, NOT_ATTEMPTED, "compress_kv"),
@@ -80,6 +85,8 @@ def _bad_values(c, w, n_h, d_nope):
 @pytest.mark.parametrize("fn, status, phrase", [
     (as_learner(checks.reference_expand_kv), PASS, "per head"),
     (_by_linear, PASS, "per head"),
+    (lambda c, w, n_h, d_nope: checks.reference_expand_kv(c.double(), w.double(), n_h, d_nope), PASS, "per head"),
+    (lambda c, w, n_h, d_nope: list(checks.reference_expand_kv(c, w, n_h, d_nope)), PASS, "per head"),
     (_swapped, FAIL, "swapped"),
     (_halves, FAIL, "grouped per head"),
     (_time_first, FAIL, "head axis before time"),
@@ -127,6 +134,7 @@ def _down_transposed(w, r):
 @pytest.mark.parametrize("fn, status, phrase", [
     (as_learner(checks.reference_low_rank_factors), PASS, "Eckart-Young"),
     (_scale_in_up, PASS, "Eckart-Young"),
+    (lambda w, r: list(checks.reference_low_rank_factors(w, r)), PASS, "Eckart-Young"),
     (_no_singular_values, FAIL, "singular values are missing"),
     (_smallest, FAIL, "smallest"),
     (_vh_columns, FAIL, "first r ROWS"),
@@ -169,3 +177,29 @@ def test_check_rank_for_energy(fn, status, phrase):
 def test_lesson02_docstrings_name_their_exercise():
     for k, name in enumerate(("compress_kv", "expand_kv", "low_rank_factors", "rank_for_energy"), start=1):
         assert getattr(checks, f"check_{name}").__doc__.startswith(f"Exercise 02.{k}:")
+
+
+# ---------------------------------------------------------------- in-place changes of the inputs
+def _writes_into(reference, arg):
+    """The reference's result, but argument `arg` of the caller is changed in place afterwards."""
+    def answer(*args):
+        out = reference(*[a.clone() if isinstance(a, torch.Tensor) else a for a in args])
+        args[arg].add_(1)
+        return out
+
+    return answer
+
+
+@pytest.mark.parametrize("check, reference, arg, name", [
+    ("check_compress_kv", "reference_compress_kv", 0, "h"),
+    ("check_expand_kv", "reference_expand_kv", 1, "w_ukv"),
+    ("check_low_rank_factors", "reference_low_rank_factors", 0, "w"),
+    ("check_rank_for_energy", "reference_rank_for_energy", 0, "s"),
+])
+def test_an_answer_that_changes_its_input_in_place_fails(check, reference, arg, name):
+    # the checkers hand the learner's function their own tensors (no copies), so a change shows; the answer
+    # takes *args, so the argument is named by its position
+    assert list(inspect.signature(getattr(checks, reference)).parameters)[arg] == name
+    result = getattr(checks, check)(_writes_into(getattr(checks, reference), arg))
+    assert result.status == FAIL, result.message
+    assert f"changed its argument number {arg + 1} in place" in result.message

@@ -1,11 +1,14 @@
 """Lesson 03 checkers: the reference passes, known-wrong answers fail with their hint, stubs are NOT ATTEMPTED."""
 
+import inspect
 import math
 
+import numpy as np
 import pytest
 import torch
 from learner import as_learner
 
+from mlakit.attention import causal_mask
 from mlakit.course import checks
 from mlakit.course.checks import FAIL, NOT_ATTEMPTED, PASS
 from mlakit.layers import RotaryEmbedding, yarn_mscale
@@ -41,6 +44,7 @@ def _complex_rope(x, positions, base):
     (as_learner(checks.reference_rope_pairs), PASS, "pairwise"),
     (lambda x, p, b: _rope(x, p, b), PASS, "pairwise"),
     (_complex_rope, PASS, "pairwise"),
+    (lambda x, p, b: _rope(x.double(), p, b), PASS, "pairwise"),
     (lambda x, p, b: _rope(x, p, b, halves=True), FAIL, "halves convention"),
     (lambda x, p, b: _rope(x, p, b, back_in_place=False), FAIL, "not put back in place"),
     (lambda x, p, b: _rope(x, p, b, sign=-1.0), FAIL, "wrong way"),
@@ -56,6 +60,22 @@ def test_check_rope_pairs(fn, status, phrase, capsys):
     assert result.status == status, result.message
     assert phrase in result.message
     assert capsys.readouterr().out.strip() == result.line()
+
+
+def _rope_in_place(x, positions, base):
+    """Right values, but written into x: the caller's tensor changes."""
+    x1, x2 = x[..., 0::2].clone(), x[..., 1::2].clone()
+    d = x.shape[-1]
+    angles = positions.float()[:, None] * base ** (-torch.arange(0, d, 2, dtype=torch.float32) / d)  # (T, d/2)
+    x[..., 0::2] = x1 * angles.cos() - x2 * angles.sin()
+    x[..., 1::2] = x1 * angles.sin() + x2 * angles.cos()
+    return x
+
+
+def test_rope_pairs_in_place_fails_with_the_in_place_hint():
+    result = checks.check_rope_pairs(_rope_in_place)
+    assert result.status == FAIL, result.message
+    assert "changed its argument `x` in place" in result.message and "build a new tensor" in result.message
 
 
 def test_reference_rope_pairs_is_the_rotation_by_hand():
@@ -103,10 +123,25 @@ def _swapped(q_c, q_r, k_c, k_r):
     return checks.reference_decoupled_scores(q_c, q_r, k_c, k_r).transpose(-2, -1)
 
 
+def _masked(q_c, q_r, k_c, k_r, fill=float("-inf"), top_left=False):
+    """A causal mask the exercise does not ask for: bottom-right (causal_mask(T, S)) or top-left (tril)."""
+    s = checks.reference_decoupled_scores(q_c, q_r, k_c, k_r)
+    T, S = s.shape[-2:]
+    keep = torch.ones(T, S, dtype=torch.bool).tril() if top_left else causal_mask(T, S)
+    return s.masked_fill(~keep, fill)
+
+
 @pytest.mark.parametrize("fn, status, phrase", [
     (as_learner(checks.reference_decoupled_scores), PASS, "decoupled"),
     (_concatenated, PASS, "decoupled"),
+    (lambda q_c, q_r, k_c, k_r: _concatenated(q_c.double(), q_r.double(), k_c.double(), k_r.double()), PASS,
+     "decoupled"),
+    (lambda *a: _masked(*a), FAIL, "raw scores, no mask"),
+    (lambda *a: _masked(*a, fill=-1e9), FAIL, "raw scores, no mask"),
+    (lambda *a: _masked(*a, top_left=True), FAIL, "raw scores, no mask"),
     (_content_only, FAIL, "rotary part is missing"),
+    (lambda q_c, q_r, k_c, k_r: _parts(q_c, q_r, k_c, k_r)[0] / math.sqrt(q_c.shape[-1] + q_r.shape[-1]), FAIL,
+     "rotary part is missing"),
     (_unscaled, FAIL, "not scaled"),
     (_nope_scale, FAIL, "1/sqrt(d_nope)."),
     (_two_scales, FAIL, "own scale"),
@@ -135,17 +170,39 @@ def _expanded(q_c, w_uk, c_kv):
     return q_c @ k_c.transpose(-2, -1)
 
 
+def _expanded_per_head(q_c, w_uk, c_kv):
+    """The keys expanded one head at a time: (B, S, d_nope) per head."""
+    return torch.stack([q_c[:, h] @ (c_kv @ w_uk[h].T).transpose(-2, -1) for h in range(w_uk.shape[0])], dim=1)
+
+
+def _expanded_flat(q_c, w_uk, c_kv):
+    """The keys of every head in one (B, S, n_h d_nope) product."""
+    B, n_h, _, d_nope = q_c.shape
+    k = (c_kv @ w_uk.reshape(n_h * d_nope, -1).T).view(B, -1, n_h, d_nope)  # (B, S, n_h, d_nope)
+    return torch.einsum("bhtn,bshn->bhts", q_c, k)
+
+
 def _absorbed(q_c, w_uk, c_kv, eq="bhtn,hnc->bhtc"):
     return torch.einsum(eq, q_c, w_uk) @ c_kv[:, None].transpose(-2, -1)
 
 
+def _absorbed_per_head(q_c, w_uk, c_kv):
+    """Absorbed, one head at a time: right, and no key is built."""
+    return torch.stack([(q_c[:, h] @ w_uk[h]) @ c_kv.transpose(-2, -1) for h in range(w_uk.shape[0])], dim=1)
+
+
 @pytest.mark.parametrize("fn, status, phrase", [
     (as_learner(checks.reference_absorbed_content_scores), PASS, "never expanded"),
-    (_expanded, PASS, "never expanded"),
+    (_absorbed_per_head, PASS, "never expanded"),
+    (lambda q, w, c: _absorbed(q.double(), w.double(), c.double()), PASS, "never expanded"),
+    (_expanded, FAIL, "builds the keys k_C of every head (a (1, 4, 6, 8) tensor)"),
+    (_expanded_per_head, FAIL, "one slice at a time"),
+    (_expanded_flat, FAIL, "builds the keys k_C of every head"),
     (lambda q, w, c: _absorbed(q, w, c, "bhtn,hcn->bhtc"), FAIL, "wrong way round"),
     (lambda q, w, c: torch.einsum("bhtn,nc->bhtc", q, w[0]) @ c[:, None].transpose(-2, -1), FAIL, "head 0"),
     (lambda q, w, c: _absorbed(q, w, c, "bhtn,gnc->bhtc"), FAIL, "sum of all heads"),
     (lambda q, w, c: _absorbed(q, w, c) / math.sqrt(q.shape[-1]), FAIL, "scaled"),
+    (lambda q, w, c: _absorbed(q, w, c) / math.sqrt(w.shape[-1]), FAIL, "scores are scaled"),
     (lambda q, w, c: torch.einsum("bhtn,hnc->bhtc", q, w) @ c.transpose(-2, -1), FAIL, "c_kv[:, None]"),
     (lambda q, w, c: _absorbed(q, w, c) + 1, FAIL, "Hint"),
     (_not_done, NOT_ATTEMPTED, "absorbed_content_scores"),
@@ -169,6 +226,9 @@ def _scale(d, f, a, square=True, log=math.log, use_a=True, base=lambda d: d ** -
     (lambda d, f, a: _scale(d, f, a, square=False), FAIL, "squared"),
     (lambda d, f, a: d ** -0.5, FAIL, "correction is missing"),
     (lambda d, f, a: _scale(d, f, a, log=math.log10), FAIL, "natural logarithm"),
+    (lambda d, f, a: d ** -0.5 * (0.1 * a * math.log(f) + 1) ** 2, FAIL, "mscale is 1 when factor <= 1"),
+    (lambda d, f, a: np.float32(_scale(d, f, a)), PASS, "0.13523"),
+    (lambda d, f, a: torch.tensor(_scale(d, f, a), dtype=torch.float64), PASS, "0.13523"),
     (lambda d, f, a: _scale(d, f, a, use_a=False), FAIL, "mscale_all_dim is ignored"),
     (lambda d, f, a: _scale(d, f, a, base=lambda d: d ** 0.5), FAIL, "not sqrt"),
     (lambda d, f, a: _scale(d, f, a, base=lambda d: 1 / d), FAIL, "not 1/qk_head_dim"),
@@ -185,3 +245,28 @@ def test_lesson03_docstrings_name_their_exercise():
     names = ("rope_pairs", "decoupled_scores", "absorbed_content_scores", "yarn_softmax_scale")
     for k, name in enumerate(names, start=1):
         assert getattr(checks, f"check_{name}").__doc__.startswith(f"Exercise 03.{k}:")
+
+
+# ---------------------------------------------------------------- in-place changes of the inputs
+def _writes_into(reference, arg):
+    """The reference's result, but argument `arg` of the caller is changed in place afterwards."""
+    def answer(*args):
+        out = reference(*[a.clone() if isinstance(a, torch.Tensor) else a for a in args])
+        args[arg].add_(1)
+        return out
+
+    return answer
+
+
+@pytest.mark.parametrize("check, reference, arg, name", [
+    ("check_rope_pairs", "reference_rope_pairs", 1, "positions"),
+    ("check_decoupled_scores", "reference_decoupled_scores", 3, "k_r"),
+    ("check_absorbed_content_scores", "reference_absorbed_content_scores", 2, "c_kv"),
+])
+def test_an_answer_that_changes_its_input_in_place_fails(check, reference, arg, name):
+    # the checkers hand the learner's function their own tensors (no copies), so a change shows; the answer
+    # takes *args, so the argument is named by its position
+    assert list(inspect.signature(getattr(checks, reference)).parameters)[arg] == name
+    result = getattr(checks, check)(_writes_into(getattr(checks, reference), arg))
+    assert result.status == FAIL, result.message
+    assert f"changed its argument number {arg + 1} in place" in result.message

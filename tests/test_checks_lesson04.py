@@ -1,7 +1,9 @@
 """Lesson 04 checkers: the reference passes, known-wrong answers fail with their hint, stubs are not attempted."""
 
+import inspect
 import math
 
+import numpy as np
 import pytest
 import torch
 from learner import as_learner
@@ -27,6 +29,27 @@ def _w_uv_first(q_lat, q_rope, latent, w_uv, scale):
     probs = torch.softmax(scores.masked_fill(~causal_mask(T, S), float("-inf")), -1)  # (B, n_h, T, S)
     v = torch.einsum("bsc,hvc->bhsv", latent[..., :d_c], w_uv)  # (B, n_h, S, d_v): the expansion
     return probs @ v
+
+
+def _w_uv_per_head(q_lat, q_rope, latent, w_uv, scale):
+    """Right but slow: expands the values head by head, a (B, S, d_v) tensor per head."""
+    d_c, T, S = q_lat.shape[-1], q_lat.shape[-2], latent.shape[-2]
+    scores = torch.cat([q_lat, q_rope], -1) @ latent[:, None].transpose(-2, -1) * scale
+    probs = torch.softmax(scores.masked_fill(~causal_mask(T, S), float("-inf")), -1)  # (B, n_h, T, S)
+    return torch.stack([probs[:, h] @ (latent[..., :d_c] @ w_uv[h].T) for h in range(w_uv.shape[0])], dim=1)
+
+
+def _absorbed_per_head(q_lat, q_rope, latent, w_uv, scale):
+    """Right and absorbed, W_UV applied one head at a time after the weighted sum: no expansion."""
+    d_c, T, S = q_lat.shape[-1], q_lat.shape[-2], latent.shape[-2]
+    scores = torch.cat([q_lat, q_rope], -1) @ latent[:, None].transpose(-2, -1) * scale
+    probs = torch.softmax(scores.masked_fill(~causal_mask(T, S), float("-inf")), -1)
+    o_latent = probs @ latent[:, None, :, :d_c]  # (B, n_h, T, d_c)
+    return torch.stack([o_latent[:, h] @ w_uv[h].T for h in range(w_uv.shape[0])], dim=1)
+
+
+def _top_left_mask(q_lat, q_rope, latent, w_uv, scale):
+    return _absorbed_variant(q_lat, q_rope, latent, w_uv, scale, mask="top_left")
 
 
 def _no_rope(q_lat, q_rope, latent, w_uv, scale):
@@ -69,11 +92,18 @@ def _value_with_rope(q_lat, q_rope, latent, w_uv, scale):
 @pytest.mark.parametrize("fn, status, phrase", [
     (as_learner(checks.reference_absorbed_attention), PASS, "without expanding"),
     (_w_uv_first, PASS, "the expansion the absorbed path avoids"),
+    (_w_uv_per_head, PASS, "the values of every head and cached token ((2, 7, 6) tensors, one slice at a time)"),
+    (_absorbed_per_head, PASS, "without expanding"),
+    (lambda *a: checks.reference_absorbed_attention(*[t.double() for t in a[:4]], a[4]), PASS, "without expanding"),
+    (_top_left_mask, FAIL, "aligned top-left"),
     (_no_rope, FAIL, "rotary part"),
     (_no_scale, FAIL, "not scaled"),
     (_latent_width_scale, FAIL, "1/sqrt(d_c + d_rope)"),
     (_no_mask, FAIL, "causal_mask"),
     (_softmax_over_heads, FAIL, "wrong axis. Hint: each query's weights"),
+    (lambda *a: _absorbed_variant(*a, softmax_dim=-2), FAIL, "wrong axis. Hint: each query's weights"),
+    (lambda q_lat, q_rope, latent, w_uv, scale: _absorbed_variant(q_lat, q_rope, latent, w_uv, q_lat.shape[-1] ** -0.5),
+     FAIL, "scaled by 1/sqrt(d_c),"),
     (_w_uv_transposed, FAIL, "W_UV is applied along the wrong axis"),
     (_w_uv_summed_heads, FAIL, "sum of all heads' W_UV"),
     (_value_with_rope, FAIL, "the value only its first d_c"),
@@ -139,6 +169,7 @@ def _loop_over_heads(w_uv, w_o):
 @pytest.mark.parametrize("fn, status, phrase", [
     (as_learner(checks.reference_merge_output), PASS, "matches"),
     (_loop_over_heads, PASS, "matches"),
+    (lambda w_uv, w_o: checks.reference_merge_output(w_uv.double(), w_o.double()), PASS, "matches"),
     (lambda w_uv, w_o: checks.reference_merge_output(w_uv, w_o).transpose(1, 2), FAIL, "(n_h, d_c, d)"),
     (_heads_interleaved, FAIL, "interleaved"),
     (_row_blocks, FAIL, "blocks of rows"),
@@ -165,12 +196,19 @@ def test_merged_output_gives_the_layer_output():
 
 
 # ---------------------------------------------------------------- 04.3
+def _numpy_number(value):
+    """A NumPy scalar, as a learner computing with NumPy returns: np.int64 for a whole number, else np.float64."""
+    return np.int64(value) if float(value).is_integer() else np.float64(value)
+
+
 def _mla(c):
     return c.kv_lora_rank + c.qk_rope_head_dim
 
 
 @pytest.mark.parametrize("fn, status, phrase", [
     (as_learner(checks.reference_latent_cache_bytes), PASS, "DeepSeek-V3"),
+    (lambda *a: _numpy_number(checks.reference_latent_cache_bytes(*a)), PASS, "DeepSeek-V3"),
+    (lambda *a: torch.tensor(checks.reference_latent_cache_bytes(*a), dtype=torch.float64), PASS, "DeepSeek-V3"),
     (lambda c, t, b, e: _mla(c) * t * b * e, FAIL, "one layer's cache"),
     (lambda c, t, b, e: c.kv_lora_rank * c.num_hidden_layers * t * b * e, FAIL, "rotary key is missing"),
     (lambda c, t, b, e: c.num_attention_heads * (c.qk_head_dim + c.v_head_dim) * c.num_hidden_layers * t * b * e,
@@ -209,6 +247,8 @@ def _per_token(c, b, e):
 
 @pytest.mark.parametrize("fn, status, phrase", [
     (as_learner(checks.reference_context_that_fits), PASS, "exact fits"),
+    (lambda *a: np.int64(checks.reference_context_that_fits(*a)), PASS, "exact fits"),
+    (lambda *a: torch.tensor(checks.reference_context_that_fits(*a)), PASS, "exact fits"),
     (lambda c, m, b, e: math.ceil(m / _per_token(c, b, e)), FAIL, "round down (//), not up"),
     (lambda c, m, b, e: (m - 1) // _per_token(c, b, e), FAIL, "use <="),
     (lambda c, m, b, e: m // _per_token(c, 1, e), FAIL, "divide by batch_size"),
@@ -240,3 +280,27 @@ def test_lesson04_results_parse_and_name_their_exercise():
         assert check.__doc__.startswith(f"Exercise {number}:")
         m = checks.RESULT_LINE.match(check(as_learner(ref)).line())
         assert m and m["exercise"] == number and m["status"] == PASS
+
+
+# ---------------------------------------------------------------- in-place changes of the inputs
+def _writes_into(reference, arg):
+    """The reference's result, but argument `arg` of the caller is changed in place afterwards."""
+    def answer(*args):
+        out = reference(*[a.clone() if isinstance(a, torch.Tensor) else a for a in args])
+        args[arg].add_(1)
+        return out
+
+    return answer
+
+
+@pytest.mark.parametrize("check, reference, arg, name", [
+    ("check_absorbed_attention", "reference_absorbed_attention", 2, "latent"),
+    ("check_merge_output", "reference_merge_output", 1, "w_o"),
+])
+def test_an_answer_that_changes_its_input_in_place_fails(check, reference, arg, name):
+    # the checkers hand the learner's function their own tensors (no copies), so a change shows; the answer
+    # takes *args, so the argument is named by its position
+    assert list(inspect.signature(getattr(checks, reference)).parameters)[arg] == name
+    result = getattr(checks, check)(_writes_into(getattr(checks, reference), arg))
+    assert result.status == FAIL, result.message
+    assert f"changed its argument number {arg + 1} in place" in result.message

@@ -1,6 +1,9 @@
 """Lesson 05 checkers: the references equal the library, known-wrong answers fail with their hint, stubs are not
 attempted."""
 
+import inspect
+
+import numpy as np
 import pytest
 import torch
 from learner import as_learner
@@ -89,11 +92,15 @@ def _reversed_slots(logits, bias, k, scale):
 @pytest.mark.parametrize("fn, status, phrase", [
     (as_learner(checks.reference_sigmoid_topk_gate), PASS, "right experts and weights"),
     (_reversed_slots, PASS, "right experts"),
+    (lambda lg, b, k, s: list(checks.reference_sigmoid_topk_gate(lg, b, k, s)), PASS, "right experts"),
+    (lambda lg, b, k, s: checks.reference_sigmoid_topk_gate(lg, b, k, s)[::-1], FAIL,
+     "you returned (indices, weights)"),
     (_gate_mistake(biased_weights=True), FAIL, "the bias only chooses the experts"),
     (_gate_mistake(renormalise=False), FAIL, "not renormalised"),
     (_gate_mistake(scale=False), FAIL, "sum to 1, not to routed_scaling_factor"),
     (_gate_mistake(renormalise=False, scale=False), FAIL, "raw sigmoid affinities"),
     (_gate_mistake(score="softmax"), FAIL, "softmax"),
+    (_gate_mistake(score="softmax", renormalise=False), FAIL, "softmax"),
     (_gate_mistake(bias_in_selection=False), FAIL, "sigmoid(logits) alone"),
     (_gate_mistake(bias_on_logits=True), FAIL, "added the bias to the logits"),
     (lambda lg, b, k, s: checks.reference_sigmoid_topk_gate(lg, b, k, s)[0], FAIL, "tuple (weights, indices)"),
@@ -116,6 +123,15 @@ def _mask_mistake(**switches):
     return lambda scores, G, kg: _group_mask(scores, G, kg, **switches)
 
 
+def _top_topk_group_by_hand(scores, G, kg):
+    """The group score taken as the sum of the group's top topk_group scores (instead of its top 2)."""
+    T, E = scores.shape
+    grouped = scores.view(T, G, E // G)
+    kept = grouped.topk(kg, dim=-1).values.sum(-1).topk(kg, dim=-1).indices  # (T, kg)
+    mask = torch.zeros(T, G, dtype=torch.bool).scatter_(1, kept, True)
+    return mask[:, :, None].expand(T, G, E // G).reshape(T, E)
+
+
 def _kept_experts_not_groups(scores, G, kg):
     idx = scores.topk(kg * scores.shape[1] // G, dim=-1).indices
     return torch.zeros_like(scores, dtype=torch.bool).scatter_(1, idx, True)
@@ -126,6 +142,8 @@ def _kept_experts_not_groups(scores, G, kg):
     (_mask_mistake(inverted=True), FAIL, "True marks the experts that are masked"),
     (_mask_mistake(group_score="max"), FAIL, "best expert"),
     (_mask_mistake(group_score="sum"), FAIL, "summed every score"),
+    (_mask_mistake(group_score="top_topk_group_sum"), FAIL, "sum of its top topk_group scores"),
+    (_top_topk_group_by_hand, FAIL, "a group's score is the sum of its top-2 experts' scores"),
     (_mask_mistake(interleaved=True), FAIL, "interleaved"),
     (_mask_mistake(worst=True), FAIL, "lowest scores"),
     (lambda s, G, kg: s.masked_fill(~checks.reference_group_limited_mask(s, G, kg), float("-inf")), FAIL,
@@ -158,6 +176,8 @@ def _forgets_dense_models(config):
 @pytest.mark.parametrize("fn, status, phrase", [
     (as_learner(checks.reference_ffn_active_parameters), PASS, "V3 and V2"),
     (lambda c: float(checks.reference_ffn_active_parameters(c)), PASS, "V3 and V2"),
+    (lambda c: np.int64(checks.reference_ffn_active_parameters(c)), PASS, "V3 and V2"),
+    (lambda c: torch.tensor(checks.reference_ffn_active_parameters(c)), PASS, "V3 and V2"),
     (_active_mistake(routed="all"), FAIL, "every routed expert"),
     (_active_mistake(shared=False), FAIL, "shared experts are missing"),
     (_active_mistake(dense="missing"), FAIL, "dense layers are missing"),
@@ -189,9 +209,30 @@ def _vectorised(x, shared, experts, weights, indices):
     return shared(x) + (weights[..., None] * chosen).sum(1)
 
 
+def _sorted_dispatch(x, shared, experts, weights, indices, *, by_unique=False):
+    """Tokens sorted by expert, one group per expert; by_unique pairs unique(return_counts=True)'s groups with
+    experts[0], experts[1], ... by position, though unique leaves out the experts no token chose."""
+    k = indices.shape[1]
+    flat = indices.flatten()  # (T k,)
+    order = flat.argsort(stable=True)  # slots grouped by expert
+    counts = flat.unique(return_counts=True)[1] if by_unique else torch.bincount(flat, minlength=len(experts))
+    out = shared(x)
+    for e, slots in enumerate(order.split(counts.tolist())):
+        if slots.numel():
+            tokens = slots // k
+            out = out.index_add(0, tokens, weights.flatten()[slots, None] * experts[e](x[tokens]))
+    return out
+
+
 @pytest.mark.parametrize("fn, status, phrase", [
     (as_learner(checks.reference_combine_experts), PASS, "matches"),
     (_vectorised, PASS, "matches"),
+    (_sorted_dispatch, PASS, "matches"),
+    (lambda *a: _sorted_dispatch(*a, by_unique=True), FAIL, "indices.unique(return_counts=True) lists only"),
+    (_combine_mistake(present_by_position=True), FAIL, "paired with experts by position"),
+    (lambda x, s, e, w, i: checks.reference_combine_experts(x, s, e, w, i).double(), PASS, "matches"),
+    (lambda x, s, e, w, i: checks.reference_combine_experts(x, s, e, w, i) * (2 if i.shape[1] == 1 else 1), FAIL,
+     "and k = 1: token 0 differs"),  # a case routes every token to a single expert
     (_combine_mistake(), PASS, "matches"),
     (_combine_mistake(use_weights=False), FAIL, "not weighted"),
     (_combine_mistake(use_shared=False), FAIL, "shared expert is missing"),
@@ -219,3 +260,28 @@ def test_checks_leave_the_global_random_state_alone():
 def test_lesson05_checkers_are_registered_with_their_numbers():
     for k, name in enumerate(["sigmoid_topk_gate", "group_limited_mask", "ffn_active_parameters", "combine_experts"], 1):
         assert getattr(checks, f"check_{name}").__doc__.startswith(f"Exercise 05.{k}:")
+
+
+# ---------------------------------------------------------------- in-place changes of the inputs
+def _writes_into(reference, arg):
+    """The reference's result, but argument `arg` of the caller is changed in place afterwards."""
+    def answer(*args):
+        out = reference(*[a.clone() if isinstance(a, torch.Tensor) else a for a in args])
+        args[arg].add_(1)
+        return out
+
+    return answer
+
+
+@pytest.mark.parametrize("check, reference, arg, name", [
+    ("check_sigmoid_topk_gate", "reference_sigmoid_topk_gate", 1, "bias"),
+    ("check_group_limited_mask", "reference_group_limited_mask", 0, "scores"),
+    ("check_combine_experts", "reference_combine_experts", 4, "indices"),
+])
+def test_an_answer_that_changes_its_input_in_place_fails(check, reference, arg, name):
+    # the checkers hand the learner's function their own tensors (no copies), so a change shows; the answer
+    # takes *args, so the argument is named by its position
+    assert list(inspect.signature(getattr(checks, reference)).parameters)[arg] == name
+    result = getattr(checks, check)(_writes_into(getattr(checks, reference), arg))
+    assert result.status == FAIL, result.message
+    assert f"changed its argument number {arg + 1} in place" in result.message

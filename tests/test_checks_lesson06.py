@@ -1,5 +1,7 @@
 """Lesson 06 checkers: the reference passes, known-wrong answers fail with their hint, stubs are not attempted."""
 
+import inspect
+
 import pytest
 import torch
 from learner import as_learner
@@ -42,6 +44,16 @@ def _mean_of(counts):
 ])
 def test_check_max_violation(fn, status, phrase, capsys):
     _assert_result(checks.check_max_violation(fn), status, phrase, capsys)
+
+
+def test_max_violation_failure_shows_where_the_values_differ(capsys):
+    def wrong_last_step(c):  # right, except for the last step of a (steps, layers, experts) history
+        out = max_violation(c)
+        return torch.cat([out[:-1], out[-1:] + 1]) if c.dim() == 3 else out
+
+    result = checks.check_max_violation(wrong_last_step)
+    _assert_result(result, FAIL, "for counts of shape (5, 2, 16): at [4, 0] you get", capsys)
+    assert "(2 of 10 entries differ)" in result.message
 
 
 def test_max_violation_accepts_a_python_number_for_one_layer(capsys):
@@ -93,6 +105,8 @@ def checks_config(num_experts):
     (_in_place_and_return, PASS, "one step per layer"),
     (lambda b, c, g: _step(b, c, -g, _row_mean(c)), FAIL, "sign is reversed"),
     (lambda b, c, g: _step(b, c, g, c.float().mean(0, keepdim=True)), FAIL, "mean over the layers"),
+    (lambda b, c, g: _step(b, c, g, c.float().mean()), FAIL, "one mean over all layers"),
+    (lambda b, c, g: checks.reference_bias_update(b, c, g).double(), PASS, "one step per layer"),
     (lambda b, c, g: b.clone(), FAIL, "did not move"),
     (lambda b, c, g: b + g * (_row_mean(c) - c.float()), FAIL, "proportional"),
     (lambda b, c, g: b + g * torch.where(c.float() > _row_mean(c), -1.0, 1.0), FAIL, "exactly at the mean"),
@@ -105,6 +119,16 @@ def checks_config(num_experts):
 ])
 def test_check_bias_update(fn, status, phrase, capsys):
     _assert_result(checks.check_bias_update(fn), status, phrase, capsys)
+
+
+def test_bias_update_failure_shows_where_the_values_differ(capsys):
+    def wrong_in_the_last_layer(bias, counts, gamma):
+        out = checks.reference_bias_update(bias, counts, gamma)
+        return out + (torch.arange(out.shape[0])[:, None] == out.shape[0] - 1) * gamma if out.dim() == 2 else out
+
+    result = checks.check_bias_update(wrong_in_the_last_layer)
+    _assert_result(result, FAIL, "at [1, 0] you get", capsys)
+    assert "(4 of 8 entries differ)" in result.message
 
 
 # ---------------------------------------------------------------- 06.3
@@ -155,3 +179,28 @@ def test_checkers_are_numbered_for_the_grader():
     for name, number in (("check_max_violation", "06.1"), ("check_bias_update", "06.2"),
                          ("check_seq_balance_loss", "06.3")):
         assert getattr(checks, name).__doc__.startswith(f"Exercise {number}:")
+
+
+# ---------------------------------------------------------------- in-place changes of the inputs
+def _writes_into(reference, arg):
+    """The reference's result, but argument `arg` of the caller is changed in place afterwards."""
+    def answer(*args):
+        out = reference(*[a.clone() if isinstance(a, torch.Tensor) else a for a in args])
+        args[arg].add_(1)
+        return out
+
+    return answer
+
+
+@pytest.mark.parametrize("check, reference, arg, name", [
+    ("check_max_violation", "reference_max_violation", 0, "counts"),
+    ("check_bias_update", "reference_bias_update", 1, "counts"),
+    ("check_seq_balance_loss", "reference_seq_balance_loss", 1, "indices"),
+])
+def test_an_answer_that_changes_its_input_in_place_fails(check, reference, arg, name):
+    # the checkers hand the learner's function their own tensors (no copies), so a change shows; the answer
+    # takes *args, so the argument is named by its position
+    assert list(inspect.signature(getattr(checks, reference)).parameters)[arg] == name
+    result = getattr(checks, check)(_writes_into(getattr(checks, reference), arg))
+    assert result.status == FAIL, result.message
+    assert f"changed its argument number {arg + 1} in place" in result.message

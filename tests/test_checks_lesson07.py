@@ -1,6 +1,7 @@
 """Lesson 07 checkers: the references equal the library, known-wrong answers fail with their hint, stubs are not
 attempted."""
 
+import inspect
 import math
 
 import pytest
@@ -101,10 +102,18 @@ def test_checkers_leave_the_global_random_state_alone():
     (dict(use_enorm=False, use_hnorm=False), "neither half is normalised"),
     (dict(use_enorm=False), "embedding is not normalised"),
     (dict(use_hnorm=False), "hidden state is not normalised"),
+    (dict(hidden_first=True, use_enorm=False, use_hnorm=False), "hidden half comes first and neither half"),
 ])
 def test_mtp_input_mistakes(switches, hint):
     result = checks.check_mtp_input(lambda *args: _mtp_input(*args, **switches))
     assert result.status == FAIL and hint in result.message
+
+
+def test_mtp_input_in_float64_passes():
+    def in_float64(h, ids, embed, enorm, hnorm, eh_proj):
+        return checks.reference_mtp_input(h, ids, embed, enorm, hnorm, eh_proj).double()
+
+    assert checks.check_mtp_input(in_float64).status == PASS
 
 
 def test_mtp_input_shape_mistakes():
@@ -133,10 +142,31 @@ def _mtp_ce(logits, targets):
     (lambda lg, t, m: (_mtp_ce(lg, t[:, 1:]) * m[:, 1:]).sum(), "sum over the counted"),
     (lambda lg, t, m: ((_mtp_ce(lg, t[:, 1:]) * m[:, 1:]).sum(1) / m[:, 1:].sum(1)).mean(), "per-sequence means"),
     (lambda lg, t, m: 0.3 * checks.reference_mtp_loss(lg, t, m), "lambda"),
+    (lambda lg, t, m: (_mtp_ce(lg, t[:, 1:]) * m[:, 1:]).sum() / m.sum(), "divided by loss_mask.sum()"),
 ])
 def test_mtp_loss_mistakes(wrong, hint):
     result = checks.check_mtp_loss(wrong)
     assert result.status == FAIL and hint in result.message, result.message
+
+
+@pytest.mark.parametrize("right", [
+    lambda lg, t, m: checks.reference_mtp_loss(lg.double(), t, m),
+    lambda lg, t, m: (_mtp_ce(lg.double(), t[:, 1:]) * m[:, 1:]).sum() / m[:, 1:].sum(),
+])
+def test_mtp_loss_in_float64_passes(right):
+    result = checks.check_mtp_loss(right)
+    assert result.status == PASS, result.message
+
+
+def test_mtp_loss_checks_a_mask_that_counts_target_0():
+    # with completion_only=False every real target counts, target 0 included: loss_mask.sum() is then one
+    # more per row than the head's count, loss_mask[:, 1:].sum()
+    batch = LMBatches(encode_problems(list(AdditionTask(1, 2).generate(4, seed=1)), TOK), batch_size=4,
+                      pad_id=TOK.pad_id, completion_only=False)
+    mask = batch.collate(batch.examples)["loss_mask"]
+    assert bool(mask[:, 0].all())
+    result = checks.check_mtp_loss(lambda lg, t, m: (_mtp_ce(lg, t[:, 1:]) * m[:, 1:]).sum() / m.sum())
+    assert result.status == FAIL and "loss_mask[:, 1:].sum()" in result.message
 
 
 def test_mtp_loss_must_be_a_scalar_tensor():
@@ -152,10 +182,12 @@ def test_mtp_loss_must_be_a_scalar_tensor():
     (dict(end="n-2"), "final <eos> is not counted"),
     (dict(end="n"), "padding token is counted"),
     (dict(end="w-1"), "padding counts"),
+    (dict(first=1), "prompt counts too"),
+    (dict(first="p", end="n"), "one position late"),
 ])
 def test_completion_mask_mistakes(kwargs, hint):
     def wrong(p, n, w):
-        first = {"p": p, 0: 0}.get(kwargs.get("first"))
+        first = {"p": p, 0: 0, 1: 1}.get(kwargs.get("first"))
         end = {"n-2": n - 2, "n": n, "w-1": w - 1}.get(kwargs.get("end"))
         return _completion_mask(p, n, w, first=first, end=end)
 
@@ -176,10 +208,18 @@ def test_completion_mask_with_one_entry_per_token_is_refused():
     (dict(floor=False), "decays to 0 instead of the floor"),
     (dict(decay="linear"), "linear"),
     (dict(span="whole_run"), "starts counting at step 0"),
+    (dict(floor=False, warmup="none"), "no warmup, and the cosine decays to 0"),
 ])
 def test_lr_schedule_mistakes(switches, hint):
     result = checks.check_lr_schedule(lambda *args: _lr(*args, **switches))
     assert result.status == FAIL and hint in result.message, result.message
+
+
+def test_lr_at_of_the_library_is_refused():
+    # mlakit.train.lr_at(step, config) has another signature than lr_schedule(step, steps, lr, warmup_steps,
+    # min_lr_ratio), but handed in as it is, it is refused as the library's own before it is ever called
+    result = checks.check_lr_schedule(lr_at)
+    assert result.status == FAIL and "library's own `mlakit.train.lr_at`" in result.message
 
 
 def test_lr_schedule_must_return_a_number():
@@ -187,3 +227,27 @@ def test_lr_schedule_must_return_a_number():
     assert result.status == FAIL and "return a float" in result.message
     result = checks.check_lr_schedule(lambda *args: torch.tensor(checks.reference_lr_schedule(*args)))
     assert result.status == PASS
+
+
+# ---------------------------------------------------------------- in-place changes of the inputs
+def _writes_into(reference, arg):
+    """The reference's result, but argument `arg` of the caller is changed in place afterwards."""
+    def answer(*args):
+        out = reference(*[a.clone() if isinstance(a, torch.Tensor) else a for a in args])
+        args[arg].add_(1)
+        return out
+
+    return answer
+
+
+@pytest.mark.parametrize("check, reference, arg, name", [
+    ("check_mtp_input", "reference_mtp_input", 1, "input_ids"),
+    ("check_mtp_loss", "reference_mtp_loss", 2, "loss_mask"),
+])
+def test_an_answer_that_changes_its_input_in_place_fails(check, reference, arg, name):
+    # the checkers hand the learner's function their own tensors (no copies), so a change shows; the answer
+    # takes *args, so the argument is named by its position
+    assert list(inspect.signature(getattr(checks, reference)).parameters)[arg] == name
+    result = getattr(checks, check)(_writes_into(getattr(checks, reference), arg))
+    assert result.status == FAIL, result.message
+    assert f"changed its argument number {arg + 1} in place" in result.message

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import math
 import re
 import sys
 import types
@@ -34,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from torch.overrides import TorchFunctionMode
 
 PASS, FAIL, NOT_ATTEMPTED = "PASS", "FAIL", "NOT ATTEMPTED"
 RESULT_LINE = re.compile(r"^\[ex (?P<exercise>[\w.]+) (?P<name>\w+)\] (?P<status>PASS|FAIL|NOT ATTEMPTED): ?(?P<message>.*)$")
@@ -108,8 +110,9 @@ class Answer:
 
     def __init__(self, fn: Callable, name: str, may_modify: Iterable[int | str] = ()):
         self.fn, self.name, self.may_modify = fn, name, set(may_modify)
-        try:
-            self._params = list(inspect.signature(fn).parameters)
+        try:  # the names of the positional parameters (a *args parameter names no single argument)
+            self._params = [p.name for p in inspect.signature(fn).parameters.values()
+                            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
         except (TypeError, ValueError):
             self._params = []
 
@@ -204,6 +207,47 @@ def checker(exercise: str, name: str, may_modify: Iterable[int | str] = ()) -> C
     return wrap
 
 
+class _ShapeRecorder(TorchFunctionMode):
+    """Records the shape of every tensor produced by a torch function or method while active.
+
+    Checkers run the learner's function under it to see which intermediate
+    tensors the answer builds (a per-head expansion of keys or values).
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.shapes: list[tuple[int, ...]] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for value in out if isinstance(out, (tuple, list)) else (out,):
+            if isinstance(value, torch.Tensor):
+                self.shapes.append(tuple(value.shape))
+        return out
+
+    def holding(self, length: int, widths: Iterable[int]) -> list[tuple[int, ...]]:
+        """The recorded shapes with an axis of size ``length`` and another one of a size in ``widths``.
+
+        ``holding(S, {d_v, n_h * d_v})``: the tensors that hold values (d_v wide)
+        of S cached tokens; with their elements summed, a loop that expands one
+        head at a time is caught as well as one tensor holding every head.
+        """
+        widths = set(widths)
+        return [s for s in self.shapes
+                if any(n == length and any(m in widths for j, m in enumerate(s) if j != i) for i, n in enumerate(s))]
+
+
+def _expansion(shapes: list[tuple[int, ...]], total: int) -> str | None:
+    """How recorded ``shapes`` hold ``total`` or more elements: "a (..) tensor", or "(..) tensors, one slice at a
+    time" when only together (a loop over heads); None when they hold fewer."""
+    if not shapes or sum(math.prod(s) for s in shapes) < total:
+        return None
+    largest = max(shapes, key=math.prod)
+    if math.prod(largest) >= total:
+        return f"a {largest} tensor"
+    return f"{largest} tensors, one slice at a time"
+
+
 def _expect_tensor(value, expected_shape: tuple, what: str) -> torch.Tensor:
     """``value`` when it is a tensor of the expected shape (any dtype), else a FAIL that names the difference."""
     if not isinstance(value, torch.Tensor):
@@ -236,6 +280,14 @@ def _as_number(value, what: str) -> int | float:
     if type(value).__module__ == "numpy" and hasattr(value, "item") and getattr(value, "ndim", 1) == 0:
         return value.item()
     raise _Fail(f"{what} should be a number, got {type(value).__name__}")
+
+
+def _number_or_value(value: Any) -> Any:
+    """A Python number for a number in any form (NumPy scalar, one-element tensor); anything else as it is."""
+    try:
+        return _as_number(value, "the answer")
+    except _Fail:
+        return value
 
 
 _TOLERANCE = {torch.float16: (1e-3, 1e-3), torch.bfloat16: (1e-2, 1e-2)}

@@ -13,8 +13,20 @@ import math
 
 import torch
 
+from ...attention import causal_mask
 from ...layers import RotaryEmbedding, softmax_scale
-from ._core import Answer, _close, _expect_tensor, _Fail, _LearnerError, checker, diagnose
+from ._core import (
+    Answer,
+    _close,
+    _expansion,
+    _expect_tensor,
+    _Fail,
+    _LearnerError,
+    _number_or_value,
+    _ShapeRecorder,
+    checker,
+    diagnose,
+)
 
 
 # ---------------------------------------------------------------- 03.1
@@ -44,7 +56,7 @@ def check_rope_pairs(rope_pairs: Answer) -> str:
         T, d = shape[-2], shape[-1]
         positions = torch.randint(0, 50, (T,), generator=g)
         want = reference_rope_pairs(x, positions, base)
-        got = _expect_tensor(rope_pairs(x.clone(), positions.clone(), base), want.shape,
+        got = _expect_tensor(rope_pairs(x, positions, base), want.shape,
                              f"the rotated x for x {tuple(shape)}")
         if _close(got, want):
             continue
@@ -81,6 +93,13 @@ def reference_decoupled_scores(q_c: torch.Tensor, q_r: torch.Tensor, k_c: torch.
     return (content + position) * scale
 
 
+def _masked_as(got: torch.Tensor, want: torch.Tensor, keep: torch.Tensor) -> bool:
+    """``got`` equals ``want`` where ``keep`` (T, S) is True and is masked (-inf or a large negative number) elsewhere."""
+    hidden = ~keep.expand_as(want)
+    return bool((got.detach().double()[hidden] <= -1e4).all()) and _close(got.masked_fill(hidden, 0.0),
+                                                                          want.masked_fill(hidden, 0.0))
+
+
 @checker("03.2", "decoupled_scores")
 def check_decoupled_scores(decoupled_scores: Answer) -> str:
     """Exercise 03.2: decoupled_scores(q_c, q_r, k_c, k_r) -> MLA's attention scores (B, n_h, T, S), no mask."""
@@ -92,7 +111,7 @@ def check_decoupled_scores(decoupled_scores: Answer) -> str:
         k_c, k_r = torch.randn(B, n_h, S, d_nope, generator=g), torch.randn(B, S, d_rope, generator=g)
         want = reference_decoupled_scores(q_c, q_r, k_c, k_r)
         try:
-            got = decoupled_scores(q_c.clone(), q_r.clone(), k_c.clone(), k_r.clone())
+            got = decoupled_scores(q_c, q_r, k_c, k_r)
         except NotImplementedError:
             raise
         except _LearnerError as raised:  # a shape mismatch, most likely from the shared (head-less) operand
@@ -121,6 +140,12 @@ def check_decoupled_scores(decoupled_scores: Answer) -> str:
             (want.transpose(-2, -1) if T == S else None,
              "rows and columns are swapped. Hint: scores[..., i, j] = q_i . k_j (queries are rows)"),
         ])
+        no_mask = ("a causal mask is applied, but 03.2 asks for raw scores, no mask. Hint: return "
+                   "(q_c . k_c + q_r . k_r) / sqrt(d_nope + d_rope) for every (query, key) pair; the attention "
+                   "that uses the scores masks them")
+        bottom_right, top_left = causal_mask(T, S), torch.ones(T, S, dtype=torch.bool).tril()  # (T, S): True = seen
+        diagnose(got, [((want, keep) if not keep.all() else None, no_mask) for keep in (bottom_right, top_left)],
+                 same=lambda a, variant: _masked_as(a, *variant))
         raise _Fail(f"values differ from (q_c k_c^T + q_r k_r^T) / sqrt(d_nope + d_rope) for shapes "
                     f"(B, n_h, T, S) = {(B, n_h, T, S)}. Hint: compute both dot products per head, add, scale once")
     return f"matches the decoupled score on {len(shapes)} inputs"
@@ -145,8 +170,10 @@ def check_absorbed_content_scores(absorbed_content_scores: Answer) -> str:
         w_uk = torch.randn(n_h, d_nope, d_c, generator=g)
         c_kv = torch.randn(B, S, d_c, generator=g)
         want = reference_absorbed_content_scores(q_c, w_uk, c_kv)
+        recorder = _ShapeRecorder()  # the tensors the answer builds: keys k_C would hold S rows of d_nope
         try:
-            got = absorbed_content_scores(q_c.clone(), w_uk.clone(), c_kv.clone())
+            with recorder:
+                got = absorbed_content_scores(q_c, w_uk, c_kv)
         except NotImplementedError:
             raise
         except _LearnerError as raised:  # a shape mismatch, most likely from the shared (head-less) operand
@@ -156,6 +183,16 @@ def check_absorbed_content_scores(absorbed_content_scores: Answer) -> str:
                         "c_kv (B, S, d_c) shared by all heads: c_kv[:, None] broadcasts over the heads") from None
         got = _expect_tensor(got, want.shape, f"the scores for q_c {tuple(q_c.shape)} and c_kv {tuple(c_kv.shape)}")
         if _close(got, want):
+            # where S, d_nope and n_h d_nope differ from every other size, a tensor with an S axis and a d_nope
+            # (or n_h d_nope) axis holds keys; all of them together as many as k_C has: the keys were expanded
+            if len({S, d_nope, n_h * d_nope}) == 3 and {S, d_nope, n_h * d_nope}.isdisjoint({B, n_h, T, d_c}):
+                built = _expansion(recorder.holding(S, {d_nope, n_h * d_nope}), B * n_h * S * d_nope)
+                if built is not None:
+                    raise _Fail(f"the scores are right, but your code builds the keys k_C of every head ({built}): "
+                                "the expansion that absorption avoids, slow and memory-hungry at long context. "
+                                "Hint: never build k_C; fold W_UK into the query instead, q_latent = "
+                                "einsum('bhtn,hnc->bhtc', q_c, w_uk) (B, n_h, T, d_c), then "
+                                "q_latent @ c_kv[:, None].transpose(-2, -1)")
             continue
         c_t = c_kv[:, None].transpose(-2, -1)  # (B, 1, d_c, S): shared by the heads
         scaled = ("the scores are scaled. Hint: return the raw content part q_C . k_C; the softmax "
@@ -185,15 +222,15 @@ def reference_yarn_softmax_scale(qk_head_dim: int, factor: float, mscale_all_dim
 def check_yarn_softmax_scale(yarn_softmax_scale: Answer) -> str:
     """Exercise 03.4: yarn_softmax_scale(qk_head_dim, factor, mscale_all_dim) -> DeepSeek's softmax scale with YaRN."""
 
-    cases = [(192, 40, 1.0), (192, 40, 0.707), (128, 4, 1.0), (48, 16, 0.5), (192, 1, 1.0)]
+    # the last case is not stretched (factor <= 1, where mscale is 1); at factor 0.5 a formula without that guard
+    # shows (at factor 1 it would not: ln 1 = 0)
+    cases = [(192, 40, 1.0), (192, 40, 0.707), (128, 4, 1.0), (48, 16, 0.5), (192, 0.5, 1.0)]
     names = ["DeepSeek-V3 (192, factor 40, mscale_all_dim 1.0)", "DeepSeek-V2 (192, factor 40, mscale_all_dim 0.707)",
-             "(128, factor 4, 1.0)", "(48, factor 16, 0.5)", "no stretch (192, factor 1)"]
-    got = [yarn_softmax_scale(*args) for args in cases]
+             "(128, factor 4, 1.0)", "(48, factor 16, 0.5)", "no stretch (192, factor 0.5)"]
+    got = [_number_or_value(yarn_softmax_scale(*args)) for args in cases]
     want = [reference_yarn_softmax_scale(*args) for args in cases]
 
     def same(a, b) -> bool:
-        if isinstance(a, torch.Tensor) and a.numel() == 1:
-            a = a.item()
         return isinstance(a, (int, float)) and not isinstance(a, bool) and math.isclose(a, b, rel_tol=1e-6)
 
     def all_same(answers, values) -> bool:
@@ -204,8 +241,8 @@ def check_yarn_softmax_scale(yarn_softmax_scale: Answer) -> str:
     i = next(i for i in range(len(cases)) if not same(got[i], want[i]))
     where = f"for {names[i]} you get {got[i]!r}; expected {want[i]:.6g}"
 
-    def m(f, a, log=math.log):
-        return 0.1 * a * log(f) + 1 if f > 1 else 1.0
+    def m(f, a, log=math.log, guard=True):
+        return 0.1 * a * log(f) + 1 if f > 1 or not guard else 1.0
 
     mistakes = [
         (lambda d, f, a: d ** -0.5 * m(f, a), "mscale enters squared: scale = qk_head_dim^-0.5 * mscale^2 "
@@ -213,6 +250,9 @@ def check_yarn_softmax_scale(yarn_softmax_scale: Answer) -> str:
         (lambda d, f, a: d ** -0.5, "the YaRN correction is missing: multiply by mscale^2, "
          "mscale = 0.1 * mscale_all_dim * ln(factor) + 1"),
         (lambda d, f, a: d ** -0.5 * m(f, a, math.log10) ** 2, "use the natural logarithm (math.log), not log10"),
+        (lambda d, f, a: d ** -0.5 * m(f, a, guard=False) ** 2, "mscale is 1 when factor <= 1: a context that is "
+         "not stretched needs no correction, and 0.1 * mscale_all_dim * ln(factor) + 1 would shrink the scale "
+         "(ln(factor) < 0)"),
         (lambda d, f, a: d ** -0.5 * m(f, 1.0) ** 2, "mscale_all_dim is ignored: "
          "mscale = 0.1 * mscale_all_dim * ln(factor) + 1"),
         (lambda d, f, a: d ** 0.5 * m(f, a) ** 2, "the base scale is 1/sqrt(qk_head_dim), not sqrt(qk_head_dim)"),

@@ -11,27 +11,21 @@ import math
 import operator
 
 import torch
-from torch.overrides import TorchFunctionMode
 
 from ...attention import causal_mask
 from ...config import ModelConfig
-from ._core import Answer, _close, _expect_tensor, _Fail, _LearnerError, checker, diagnose
-
-
-# ---------------------------------------------------------------- helpers
-class _ShapeRecorder(TorchFunctionMode):
-    """Records the shape of every tensor produced while active (to spot per-head expansions)."""
-
-    def __init__(self):
-        super().__init__()
-        self.shapes: list[tuple[int, ...]] = []
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for value in out if isinstance(out, (tuple, list)) else (out,):
-            if isinstance(value, torch.Tensor):
-                self.shapes.append(tuple(value.shape))
-        return out
+from ._core import (
+    Answer,
+    _close,
+    _expansion,
+    _expect_tensor,
+    _Fail,
+    _LearnerError,
+    _number_or_value,
+    _ShapeRecorder,
+    checker,
+    diagnose,
+)
 
 
 # ---------------------------------------------------------------- 04.1
@@ -54,13 +48,19 @@ def reference_absorbed_attention(q_latent: torch.Tensor, q_rope: torch.Tensor, l
 
 def _absorbed_variant(q_latent, q_rope, latent, w_uv, scale, *, rope=True, mask=True, softmax_dim=-1,
                       w_uv_eq="bhtc,hvc->bhtv"):
-    """The reference with one thing changed: the mistakes the checker recognises."""
+    """The reference with one thing changed: the mistakes the checker recognises.
+
+    ``mask``: True for the causal mask aligned bottom-right (query i at position S - T + i), False for none,
+    "top_left" for the mask of queries at positions 0 .. T-1 (query i sees keys 0 .. i only).
+    """
     d_c, T, S = q_latent.shape[-1], q_latent.shape[-2], latent.shape[-2]
     scores = q_latent @ latent[:, None, :, :d_c].transpose(-2, -1)  # (B, n_h, T, S)
     if rope:
         scores = scores + q_rope @ latent[:, None, :, d_c:].transpose(-2, -1)
     scores = scores * scale
-    if mask:
+    if mask == "top_left":
+        scores = scores.masked_fill(~torch.ones(T, S, dtype=torch.bool).tril(), float("-inf"))
+    elif mask:
         scores = scores.masked_fill(~causal_mask(T, S), float("-inf"))
     probs = torch.softmax(scores, dim=softmax_dim)
     return torch.einsum(w_uv_eq, probs @ latent[:, None, :, :d_c], w_uv)
@@ -85,7 +85,7 @@ def check_absorbed_attention(absorbed_attention: Answer) -> str:
         recorder = _ShapeRecorder()
         try:
             with recorder:
-                got = absorbed_attention(q_lat.clone(), q_rope.clone(), latent.clone(), w_uv.clone(), scale)
+                got = absorbed_attention(q_lat, q_rope, latent, w_uv, scale)
         except NotImplementedError:  # a RuntimeError too: the stub, reported as not attempted
             raise
         except _LearnerError as raised:  # almost always a shape mismatch: say which widths go where
@@ -96,9 +96,15 @@ def check_absorbed_attention(absorbed_attention: Answer) -> str:
                         f"columns (k_R is not a value), and W_UV[h] has shape (d_v, d_c) = ({d_v}, {d_c})") from None
         got = _expect_tensor(got, want.shape, f"the output for T={T} queries over S={S} cached rows")
         if _close(got, want):
-            if d_v not in (d_c, T) and expanded is None:
-                expanded = next((s for s in recorder.shapes if {n_h, S, d_v} <= set(s)
-                                 and math.prod(s) >= n_h * S * d_v), None)
+            # where S, d_v and n_h d_v differ from every other size, a tensor with an S axis and a d_v (or n_h d_v)
+            # axis holds values of cached tokens; one of them holding every head, or all of them together as many
+            # values as every head has (a loop over heads): the cache was expanded per head
+            values = {S, d_v, n_h * d_v}
+            if expanded is None and len(values) == 3 and values.isdisjoint({B, n_h, T, d_c, d_rope, d_c + d_rope}):
+                expanded = _expansion(recorder.holding(S, {d_v, n_h * d_v}), B * n_h * S * d_v)
+                one = next((s for s in recorder.shapes if {n_h, S, d_v} <= set(s) and math.prod(s) >= n_h * S * d_v),
+                           None)
+                expanded = f"a {one} tensor" if one is not None else expanded
             continue
         args = (q_lat, q_rope, latent, w_uv)
         wrong_axis = ("the softmax runs over the wrong axis. Hint: each query's weights sum to 1 over "
@@ -116,8 +122,12 @@ def check_absorbed_attention(absorbed_attention: Answer) -> str:
             (_absorbed_variant(*args, scale, mask=False) if T > 1 else None,
              f"with T={T} queries the earlier queries see later positions. Hint: query i sits at "
              "position S - T + i; mask the scores with mlakit.attention.causal_mask(T, S)"),
-            *[(_absorbed_variant(*args, scale, softmax_dim=dim) if T > 1 or dim == 1 else None, wrong_axis)
-              for dim in (-2, 1)],
+            (_absorbed_variant(*args, scale, mask="top_left") if T < S else None,
+             "the causal mask is aligned top-left, as if the queries sat at positions 0 .. T-1 (query i sees "
+             f"only keys 0 .. i). Hint: the T={T} queries are the LAST T of the S={S} cached positions: query i "
+             "sits at position S - T + i and sees keys 0 .. S - T + i; mlakit.attention.causal_mask(T, S) "
+             "aligns the mask that way (bottom-right)"),
+            *[(_absorbed_variant(*args, scale, softmax_dim=dim), wrong_axis) for dim in (-2, 1)],
             (_absorbed_variant(*args, scale, w_uv_eq="bhtc,hcv->bhtv") if d_v == d_c else None,
              "W_UV is applied along the wrong axis (a transpose). Hint: W_UV[h] has shape (d_v, d_c): "
              "v = W_UV[h] o, i.e. einsum('bhtc,hvc->bhtv', o_latent, w_uv)"),
@@ -128,10 +138,14 @@ def check_absorbed_attention(absorbed_attention: Answer) -> str:
         raise _Fail(f"values differ from the reference for T={T} queries over S={S} cached rows. Hint: scores = "
                     "[q_latent ; q_rope] . latent_row * scale, causal mask, softmax over S, o = sum p c_KV "
                     "(first d_c columns), then W_UV[h] o for each head")
-    if expanded is not None:
-        return (f"matches the reference on {len(cases)} inputs, but your code builds a {expanded} tensor: values "
+    if expanded is not None and expanded.startswith("a "):
+        return (f"matches the reference on {len(cases)} inputs, but your code builds {expanded}: values "
                 "for every head and cached token, the expansion the absorbed path avoids (right, but slow at "
                 "long context). Try: sum p c over the cache first, then apply W_UV once per head")
+    if expanded is not None:  # a loop over heads
+        return (f"matches the reference on {len(cases)} inputs, but your code builds the values of every head and "
+                f"cached token ({expanded}), the expansion the absorbed path avoids (right, but slow at long "
+                "context). Try: sum p c over the cache first, then apply W_UV once per head")
     return f"matches the reference on {len(cases)} inputs, without expanding the cache per head"
 
 
@@ -159,7 +173,7 @@ def check_merge_output(merge_output: Answer) -> str:
         w_uv = torch.randn(n_h, d_v, d_c, generator=g)
         w_o = torch.randn(d, n_h * d_v, generator=g)
         want = reference_merge_output(w_uv, w_o)
-        got = merge_output(w_uv.clone(), w_o.clone())
+        got = merge_output(w_uv, w_o)
         if isinstance(got, torch.Tensor) and tuple(got.shape) == (n_h, d_c, d):
             raise _Fail(f"your result has shape {tuple(got.shape)} = (n_h, d_c, d); expected (n_h, d, d_c). "
                         "Hint: W_OV[h] maps a head's latent output (d_c) to the model width (d), like W_O[:, block] "
@@ -241,7 +255,7 @@ def check_latent_cache_bytes(latent_cache_bytes: Answer) -> str:
     names = ["deepseek-v3 at 128k in bf16", "deepseek-v2-lite, 4 x 4096 tokens in bf16",
              "nano, 3 x 100 tokens in fp32", "a nano variant (d_c 64, d_rope 8, 3 layers), 2 x 10 tokens in fp8",
              "deepseek-v2 at 128k with 6 bits (0.75 bytes) per element"]
-    got = [latent_cache_bytes(*args) for args in cases]
+    got = [_number_or_value(latent_cache_bytes(*args)) for args in cases]  # a NumPy or 0-d tensor number too
     want = [reference_latent_cache_bytes(*args) for args in cases]
 
     def same(a, b) -> bool:
@@ -284,6 +298,8 @@ def check_context_that_fits(context_that_fits: Answer) -> str:
     for config, budget, batch, nbytes in cases:
         want = reference_context_that_fits(config, budget, batch, nbytes)
         got = context_that_fits(config, budget, batch, nbytes)
+        if isinstance(got, torch.Tensor) or type(got).__module__ == "numpy":  # a NumPy or 0-d tensor number
+            got = _number_or_value(got)
         where = f"for a budget of {budget:,} bytes, batch {batch}, {nbytes} byte(s) per element"
         if isinstance(got, bool) or not isinstance(got, int):
             if isinstance(got, float) and got == want:

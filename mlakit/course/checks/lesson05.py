@@ -20,7 +20,7 @@ import torch
 from ...config import ModelConfig
 from ...layers import SwiGLU
 from ...moe import GROUP_TOP, NORM_EPS
-from ._core import Answer, _close, _expect_tensor, _Fail, checker, diagnose
+from ._core import Answer, _as_number, _close, _expect_tensor, _Fail, checker, diagnose
 
 
 # ---------------------------------------------------------------- 05.1
@@ -91,9 +91,13 @@ def check_sigmoid_topk_gate(sigmoid_topk_gate: Answer) -> str:
     for T, E, k, scale in [(6, 8, 2, 2.5), (5, 16, 4, 2.5), (4, 32, 8, 1.5)]:
         logits = torch.randn(T, E, generator=g) * 1.5
         bias = torch.randn(E, generator=g) * 0.3
-        out = sigmoid_topk_gate(logits.clone(), bias.clone(), k, scale)
-        if not (isinstance(out, tuple) and len(out) == 2):
+        out = sigmoid_topk_gate(logits, bias, k, scale)
+        if not (isinstance(out, (tuple, list)) and len(out) == 2):  # a list is as right as a tuple
             raise _Fail("return a tuple (weights, indices)")
+        if all(isinstance(t, torch.Tensor) for t in out) and out[1].is_floating_point() \
+                and not (out[0].is_floating_point() or out[0].dtype == torch.bool):
+            raise _Fail("you returned (indices, weights): the integer expert ids come first. Hint: return "
+                        "(weights, indices), the gate weights first, as mlakit.moe.Router does")
         weights = _expect_tensor(out[0], (T, k), f"the weight tensor for {T} tokens, {E} experts, k = {k}")
         indices = _expect_tensor(out[1], (T, k), f"the index tensor for {T} tokens, {E} experts, k = {k}")
         if indices.dtype.is_floating_point or indices.dtype == torch.bool:
@@ -138,6 +142,8 @@ def _group_mask(scores: torch.Tensor, n_group: int, topk_group: int, *, group_sc
         grouped = scores.view(T, n_group, E // n_group)  # (T, G, E/G): consecutive experts
     if group_score == "top2_sum":
         group_scores = grouped.topk(GROUP_TOP, dim=-1).values.sum(-1)  # (T, G)
+    elif group_score == "top_topk_group_sum":  # the top topk_group scores of a group, not its top 2
+        group_scores = grouped.topk(min(topk_group, E // n_group), dim=-1).values.sum(-1)
     elif group_score == "max":
         group_scores = grouped.amax(dim=-1)
     else:
@@ -166,6 +172,9 @@ _GROUP_MISTAKES = [
      "group's two largest scores: grouped.topk(2, dim=-1).values.sum(-1)"),
     (dict(group_score="sum"), "you summed every score of the group. Hint: only the group's two largest scores "
      "count: grouped.topk(2, dim=-1).values.sum(-1)"),
+    (dict(group_score="top_topk_group_sum"), "you scored each group by the sum of its top topk_group scores. "
+     "Hint: a group's score is the sum of its top-2 experts' scores, whatever topk_group is: "
+     "grouped.topk(2, dim=-1).values.sum(-1); topk_group is how many GROUPS are kept"),
     (dict(interleaved=True), "your groups are interleaved (expert e in group e % n_group). Hint: a group is a "
      "block of consecutive experts, group g = experts [g E/G, (g + 1) E/G): scores.view(T, n_group, -1)"),
     (dict(worst=True), "you kept the groups with the lowest scores. Hint: keep the topk_group groups with the "
@@ -179,10 +188,12 @@ def check_group_limited_mask(group_limited_mask: Answer) -> str:
 
     g = torch.Generator().manual_seed(52)
     cases = []  # (scores, n_group, topk_group, the learner's mask)
-    for T, E, n_group, topk_group in [(6, 16, 4, 2), (5, 32, 8, 4), (4, 12, 3, 1), (3, 8, 1, 1)]:
+    # groups of 4, 8 and 8 experts, so a group's top 2, its best expert, all of it and its top topk_group (4 of
+    # V3's 8 groups) all differ; 1 group of 3 kept, so "the worst groups" differs from "the mask inverted"
+    for T, E, n_group, topk_group in [(8, 16, 4, 2), (6, 64, 8, 4), (8, 24, 3, 1), (3, 8, 1, 1)]:
         scores = torch.rand(T, E, generator=g) + 0.1 * torch.randn(T, E, generator=g)
         where = f"with {E} experts in {n_group} groups, keeping {topk_group}"
-        got = _expect_tensor(group_limited_mask(scores.clone(), n_group, topk_group), (T, E), f"the mask {where}")
+        got = _expect_tensor(group_limited_mask(scores, n_group, topk_group), (T, E), f"the mask {where}")
         if got.dtype != torch.bool:
             if got.dtype.is_floating_point and torch.isinf(got).any():
                 raise _Fail(f"{where}: you returned masked scores. Hint: return the bool mask itself, "
@@ -263,12 +274,12 @@ _ACTIVE_MISTAKES = [
 ]
 
 
-def _as_number(value) -> int | float:
-    if isinstance(value, torch.Tensor) and value.numel() == 1:
-        value = value.item()
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise _Fail(f"return a number, got {type(value).__name__}")
-    return value
+def _as_count(value) -> int | float:
+    """A Python number from an int, a float, a NumPy scalar or a one-element tensor."""
+    try:
+        return _as_number(value, "the count")
+    except _Fail:
+        raise _Fail(f"return a number, got {type(value).__name__}") from None
 
 
 @checker("05.3", "ffn_active_parameters")
@@ -280,7 +291,7 @@ def check_ffn_active_parameters(ffn_active_parameters: Answer) -> str:
                ("nano", ModelConfig.from_preset("nano")),
                ("a custom config", ModelConfig(n_routed_experts=16, n_shared_experts=2, num_experts_per_tok=3,
                                                n_group=4, topk_group=2, first_k_dense_replace=2))]
-    got = [_as_number(ffn_active_parameters(config)) for _, config in configs]
+    got = [_as_count(ffn_active_parameters(config)) for _, config in configs]
     want = [reference_ffn_active_parameters(config) for _, config in configs]
     if got != want:
         i = next(i for i in range(len(configs)) if got[i] != want[i])
@@ -290,7 +301,7 @@ def check_ffn_active_parameters(ffn_active_parameters: Answer) -> str:
         raise _Fail(f"{where}. Hint: dense layers x 3 d intermediate_size + MoE layers x (router n_routed_experts "
                     "x d + (n_shared_experts + num_experts_per_tok) x 3 d moe_intermediate_size)")
     dense = ModelConfig.from_preset("nano", n_routed_experts=0, first_k_dense_replace=0)
-    value, expected = _as_number(ffn_active_parameters(dense)), reference_ffn_active_parameters(dense)
+    value, expected = _as_count(ffn_active_parameters(dense)), reference_ffn_active_parameters(dense)
     if value != expected:
         raise _Fail(f"for nano without experts (n_routed_experts = 0) you get {value:,.0f}; expected {expected:,}. "
                     "Hint: a config without routed experts is dense: every layer has a dense FFN of width "
@@ -300,14 +311,21 @@ def check_ffn_active_parameters(ffn_active_parameters: Answer) -> str:
 
 # ---------------------------------------------------------------- 05.4
 def _combine(x, shared, experts, weights, indices, *, use_weights: bool = True, use_shared: bool = True,
-             residual: bool = False, slot_as_expert: bool = False) -> torch.Tensor:
-    """shared(x) + sum_k g_k expert_k(x), or one of the typical mistakes (keyword switches)."""
+             residual: bool = False, slot_as_expert: bool = False, present_by_position: bool = False) -> torch.Tensor:
+    """shared(x) + sum_k g_k expert_k(x), or one of the typical mistakes (keyword switches).
+
+    ``present_by_position``: a sorted dispatch that pairs the i-th group of
+    ``indices.unique(return_counts=True)`` with experts[i], though unique lists
+    only the experts that got a token.
+    """
     out = shared(x).float() if use_shared else torch.zeros(x.shape)
     if residual:
         out = out + x
+    position = {int(e): i for i, e in enumerate(indices.unique().tolist())}  # expert id -> its rank among the used
     for t in range(x.shape[0]):
         for j in range(indices.shape[1]):
             e = j if slot_as_expert else int(indices[t, j])
+            e = position[e] if present_by_position else e
             y = experts[e](x[t:t + 1])[0].float()  # (H,)
             out[t] += weights[t, j] * y if use_weights else y
     return out
@@ -338,6 +356,11 @@ _COMBINE_MISTAKES = [
      "weighted. Hint: shared(x) + sum_k weights[t, k] * expert_k(x_t)"),
     (dict(slot_as_expert=True), "you ran experts[k] for slot k. Hint: slot k of token t holds expert "
      "indices[t, k]: run experts[indices[t, k]]"),
+    (dict(present_by_position=True), "when an expert gets no token, the tokens of the experts after it go to the "
+     "wrong expert: the groups are paired with experts by position, but indices.unique(return_counts=True) lists "
+     "only the experts that were chosen. Hint: pair each group with the expert id unique returns next to its "
+     "count, or count with torch.bincount(indices.flatten(), minlength=len(experts)) so every expert has a group, "
+     "empty or not"),
 ]
 
 
@@ -348,15 +371,20 @@ def check_combine_experts(combine_experts: Answer) -> str:
     g = torch.Generator().manual_seed(54)
     cases = []  # (x, shared, experts, weights, indices, the learner's output)
     with torch.no_grad():
-        for T, H, E, k in [(7, 8, 4, 2), (5, 12, 6, 3)]:
+        # (T, H, E, k, an expert no token chooses): the third case leaves a middle expert out (a dispatch that
+        # pairs groups with experts by position shows), the last one routes each token to k = 1 expert
+        for T, H, E, k, unused in [(7, 8, 4, 2, None), (5, 12, 6, 3, None), (6, 8, 5, 2, 2), (6, 10, 4, 1, None)]:
             with torch.random.fork_rng(devices=[]):  # seeded experts, the learner's random state untouched
                 torch.manual_seed(540 + E)
                 shared = SwiGLU(H, 2 * H)
                 experts = [SwiGLU(H, H) for _ in range(E)]
             x = torch.randn(T, H, generator=g)
-            indices = torch.rand(T, E, generator=g).argsort(dim=-1)[:, :k]  # (T, k) distinct experts per token
+            n_used = E if unused is None else E - 1
+            indices = torch.rand(T, n_used, generator=g).argsort(dim=-1)[:, :k]  # (T, k) distinct experts per token
+            if unused is not None:
+                indices = indices + (indices >= unused).long()  # expert `unused` gets no token
             weights = torch.rand(T, k, generator=g) * 2.5
-            got = combine_experts(x.clone(), shared, experts, weights.clone(), indices.clone())
+            got = combine_experts(x, shared, experts, weights, indices)
             got = _expect_tensor(got, (T, H), f"the output for x of shape {(T, H)}").float()
             cases.append((x, shared, experts, weights, indices, got))
 

@@ -37,6 +37,17 @@ def _as_float_tensor(value, what: str) -> torch.Tensor:
     return value.detach().float()
 
 
+def _compare(got: torch.Tensor, want: torch.Tensor) -> str:
+    """'you get [...]; expected [...]' for a few values, else the first entries where the two differ."""
+    if got.numel() <= 4:
+        return (f"you get {[round(v, 4) for v in got.flatten().tolist()]}; expected "
+                f"{[round(v, 4) for v in want.flatten().tolist()]}")
+    differ = ~torch.isclose(got.double(), want.double(), rtol=1e-4, atol=1e-5, equal_nan=True)
+    where = [tuple(i) for i in differ.nonzero().tolist()[:2]]
+    return "; ".join(f"at [{', '.join(map(str, i))}] you get {float(got[i]):.4g}, expected {float(want[i]):.4g}"
+                     for i in where) + f" ({int(differ.sum())} of {want.numel()} entries differ)"
+
+
 # ---------------------------------------------------------------- 06.1
 def reference_max_violation(counts: torch.Tensor) -> torch.Tensor:
     """MaxVio over the last dim: (max load - mean load) / mean load; counts (..., E) -> (...,)."""
@@ -61,7 +72,7 @@ def check_max_violation(max_violation_fn: Answer) -> str:
     cases = _max_violation_cases()
     for counts in cases:
         want = reference_max_violation(counts)
-        got = _as_float_tensor(_call_on_counts(max_violation_fn, counts.clone()), f"max_violation of counts {tuple(counts.shape)}")
+        got = _as_float_tensor(_call_on_counts(max_violation_fn, counts), f"max_violation of counts {tuple(counts.shape)}")
         if got.shape != want.shape and got.numel() == want.numel() == 1:
             got = got.reshape(want.shape)
         label = f"for counts {counts.tolist()}" if counts.dim() == 1 else f"for counts of shape {tuple(counts.shape)}"
@@ -87,11 +98,8 @@ def check_max_violation(max_violation_fn: Answer) -> str:
             ((top - mean) / load.sum(-1), "you divided by the total load. Hint: divide by the mean load "
                                           "(total / number of experts)"),
         ]
-        diagnose(got, mistakes,
-                 prefix=f"{label} you get {got.flatten()[:4].tolist()}; expected "
-                        f"{[round(v, 4) for v in want.flatten()[:4].tolist()]}: ")
-        raise _Fail(f"{label} you get {[round(v, 4) for v in got.flatten()[:4].tolist()]}; expected "
-                    f"{[round(v, 4) for v in want.flatten()[:4].tolist()]}. "
+        diagnose(got, mistakes, prefix=f"{label}: {_compare(got, want)}: ")
+        raise _Fail(f"{label}: {_compare(got, want)}. "
                     "Hint: (counts.max(-1) - counts.mean(-1)) / counts.mean(-1), in floats")
     return f"right on {len(cases)} inputs, balanced, collapsed and stacked loads included"
 
@@ -120,7 +128,7 @@ def check_bias_update(bias_update: Answer) -> str:
     for bias, counts, gamma in _bias_cases():
         want = reference_bias_update(bias, counts, gamma)
         before = bias.clone()
-        out = _call_on_counts(bias_update, bias, counts.clone(), gamma)
+        out = _call_on_counts(bias_update, bias, counts, gamma)
         if out is None:
             raise _Fail("your function returned None. Hint: return the new bias (bias + the step)")
         got = _expect_tensor(out, want.shape, f"the new bias for counts of shape {tuple(counts.shape)}")
@@ -137,6 +145,10 @@ def check_bias_update(bias_update: Answer) -> str:
             (before + gamma * torch.sign(load.mean(0, keepdim=True) - load) if load.dim() == 2 else None,
              "you took the mean over the layers (dim 0). Hint: compare each expert with the mean "
              "load of ITS layer: mean over the experts, dim=-1, keepdim=True"),
+            (before + gamma * torch.sign(load.mean() - load) if load.dim() == 2 else None,
+             "you compared every expert with one mean over all layers (counts.mean()). Hint: each layer has "
+             "its own router and its own load: compare each expert with the mean load of ITS layer, "
+             "counts.mean(dim=-1, keepdim=True)"),
             (before, "the bias did not move. Hint: add gamma * sign(mean - load) to it"),
             (before + gamma * (row_mean - load),
              "the step is proportional to the imbalance. Hint: DeepSeek moves every bias by exactly gamma, "
@@ -147,8 +159,7 @@ def check_bias_update(bias_update: Answer) -> str:
              "each step is gamma divided by the number of experts. Hint: the step is gamma itself"),
         ]
         diagnose(got, mistakes, prefix=f"{label}: ")
-        raise _Fail(f"{label} you get {got.flatten()[:4].tolist()}; expected "
-                    f"{[round(v, 4) for v in want.flatten()[:4].tolist()]}. "
+        raise _Fail(f"{label}: {_compare(got, want)}. "
                     "Hint: bias + gamma * torch.sign(counts.mean(-1, keepdim=True) - counts), in floats")
     return "one step per layer: overloaded experts lose gamma, underloaded gain gamma, the mean stays"
 
@@ -204,7 +215,7 @@ def check_seq_balance_loss(seq_balance_loss: Answer) -> str:
         scores, indices = _loss_inputs(B, T, E, k, seed, skew)
         want = reference_seq_balance_loss(scores, indices, alpha)
         leaf = scores.clone().requires_grad_(True)
-        out = seq_balance_loss(leaf, indices.clone(), alpha)
+        out = seq_balance_loss(leaf, indices, alpha)
         got = _as_float_tensor(out, "the loss")
         label = f"for B={B} sequences of T={T} tokens, E={E} experts, k={k}, alpha={alpha}"
         if got.numel() != 1:

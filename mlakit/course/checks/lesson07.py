@@ -98,7 +98,7 @@ def check_mtp_input(mtp_input: Answer) -> str:
         mods = (embed, module.enorm, module.hnorm, module.eh_proj)
         with torch.no_grad():
             want = reference_mtp_input(h, ids, *mods)
-            got = mtp_input(h.clone(), ids.clone(), *mods)
+            got = mtp_input(h, ids, *mods)
         if isinstance(got, torch.Tensor) and tuple(got.shape) == (B, T, 16):
             raise _Fail(f"the result has all T = {T} positions; expected T - 1 = {T - 1}. Hint: the last position "
                         "has no next token t_{i+1}: use h[:, :-1] with embed_tokens(input_ids[:, 1:])")
@@ -153,6 +153,9 @@ def _mtp_loss_mistakes(logits, targets, mask):
                                          "counts when loss_mask[:, i + 1] is 1: use loss_mask[:, 1:]"),
         ((ce * shifted).sum(), "that is the sum over the counted positions. Hint: divide by how many count, "
                                "loss_mask[:, 1:].sum()"),
+        ((ce * shifted).sum() / mask.sum(), "you divided by loss_mask.sum(), which also counts target 0, a target "
+                                            "the MTP head never predicts. Hint: divide by the number of targets "
+                                            "that count for the head, loss_mask[:, 1:].sum()"),
         (per_row, "that is the mean of per-sequence means. Hint: average over all counted tokens of the batch "
                   "at once, as the main loss does"),
         (0.3 * _masked_mean(ce, shifted), "the loss is already multiplied by lambda = 0.3. Hint: return the plain "
@@ -166,9 +169,12 @@ def check_mtp_loss(mtp_loss: Answer) -> str:
 
     g = torch.Generator().manual_seed(72)
     B, T, V = 3, 10, 11
-    starts, ends = [2, 4, 3], [10, 7, 9]  # prompt before start, padding after end: each row differs
+    # (prompt before start, padding after end) per row, each row different: a completion-only mask first, then
+    # one that counts every real target (LMBatches with completion_only=False), target 0 included, so that
+    # loss_mask.sum() and loss_mask[:, 1:].sum() differ
+    spans = [([2, 4, 3], [10, 7, 9]), ([0, 0, 0], [10, 7, 9])]
     cases = []
-    for scale in (1.0, 3.0):
+    for scale, (starts, ends) in zip((1.0, 3.0), spans, strict=True):
         logits = torch.randn(B, T - 1, V, generator=g) * scale  # (B, T - 1, V)
         targets = torch.randint(0, V, (B, T), generator=g)  # (B, T)
         mask = torch.zeros(B, T)
@@ -177,7 +183,7 @@ def check_mtp_loss(mtp_loss: Answer) -> str:
         cases.append((logits, targets, mask))
     for logits, targets, mask in cases:
         want = reference_mtp_loss(logits, targets, mask)
-        got = mtp_loss(logits.clone(), targets.clone(), mask.clone())
+        got = mtp_loss(logits, targets, mask)
         if not isinstance(got, torch.Tensor):
             raise _Fail(f"return a scalar torch.Tensor (so it can be backpropagated), got {type(got).__name__}")
         if got.numel() != 1:
