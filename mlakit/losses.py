@@ -8,8 +8,9 @@ DeepSeek-V3's objective (§2.2, §2.1.2):
     L = L_main + lambda/D * sum_k L_MTP^k + alpha * sum_layers L_Bal
 
 SFT uses :func:`lm_loss` with a mask on the completion, distillation adds a
-KL term on the logits, and GRPO needs :func:`token_logprobs` of the sampled
-tokens under the policy, the old policy and the reference model.
+KL term on the logits (:func:`distill_loss`, Hinton et al. 2015), and GRPO needs
+:func:`token_logprobs` of the sampled tokens under the policy, the old policy
+and the reference model.
 
 Every mean is over the positions where the mask is True (all when it is None),
 so padded and prompt positions never count.
@@ -120,4 +121,89 @@ def pretrain_loss(model, batch: dict[str, torch.Tensor]) -> LossOutput:
     return LossOutput(sum(parts.values()), parts, out)
 
 
-__all__ = ["cross_entropy", "lm_loss", "mtp_loss", "balance_loss", "token_logprobs", "LossOutput", "pretrain_loss"]
+# ------------------------------------------------------------------ distillation
+DISTILL_TEMPERATURE = 2.0  # softens both distributions so the teacher's ranking of wrong tokens shows
+DISTILL_ALPHA = 0.5  # weight of the hard-target cross-entropy; 1 - alpha goes to the KL term
+
+
+def kl_per_token(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
+                 temperature: float = 1.0) -> torch.Tensor:
+    """KL(softmax(teacher / T) || softmax(student / T)) per position, (B, T) float32.
+
+    ``student_logits`` and ``teacher_logits`` (B, T, vocab) over the same vocabulary. The
+    teacher is detached: its distribution is a fixed target, so no gradient reaches it.
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature={temperature} is invalid: must be > 0")
+    if student_logits.shape != teacher_logits.shape:
+        raise ValueError(f"student logits {tuple(student_logits.shape)} and teacher logits "
+                         f"{tuple(teacher_logits.shape)} differ: logit distillation needs the same batch, "
+                         f"length and vocabulary (a teacher with another tokenizer cannot be matched token "
+                         f"by token; use sequence-level distillation, SFT on its outputs)")
+    log_q = torch.log_softmax(student_logits.float() / temperature, dim=-1)  # (B, T, vocab) student
+    log_p = torch.log_softmax(teacher_logits.detach().float() / temperature, dim=-1)  # (B, T, vocab) teacher
+    return (log_p.exp() * (log_p - log_q)).sum(-1)  # (B, T)
+
+
+def _check_alpha(alpha: float) -> None:
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha={alpha} is invalid: must be in [0, 1] (1 = cross-entropy only, 0 = KL only)")
+
+
+def _distill_parts(student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor,
+                   mask: torch.Tensor | None, temperature: float, alpha: float) -> dict[str, torch.Tensor]:
+    """The two weighted terms of :func:`distill_loss`: ``ce`` and ``kl`` (their sum is the loss)."""
+    _check_alpha(alpha)
+    kl = _masked_mean(kl_per_token(student_logits, teacher_logits, temperature), mask)
+    return {"ce": alpha * lm_loss(student_logits, targets, mask), "kl": (1.0 - alpha) * temperature**2 * kl}
+
+
+def distill_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor,
+                 mask: torch.Tensor | None = None, temperature: float = DISTILL_TEMPERATURE,
+                 alpha: float = DISTILL_ALPHA) -> torch.Tensor:
+    """Knowledge distillation (Hinton et al. 2015, §2): hard targets plus the teacher's soft ones.
+
+        L = alpha * CE(student, targets) + (1 - alpha) * T^2 * KL(softmax(teacher / T) || softmax(student / T))
+
+    both terms averaged over the positions where ``mask`` (B, T) is True. Logits are
+    (B, T, vocab), targets (B, T). The T^2 keeps the soft term's gradient on the scale of
+    the hard term's as T changes (the soft gradients shrink as 1 / T^2). The teacher is
+    detached: only the student learns. alpha = 1 is plain cross-entropy (SFT).
+    """
+    return sum(_distill_parts(student_logits, teacher_logits, targets, mask, temperature, alpha).values())
+
+
+def distill_loss_fn(teacher, temperature: float = DISTILL_TEMPERATURE, alpha: float = DISTILL_ALPHA):
+    """A Trainer ``loss_fn(model, batch)`` for logit distillation from a frozen ``teacher``.
+
+    The teacher is put in eval mode and runs under ``torch.no_grad`` on the batch's
+    input_ids (on its own device); the student runs as in pretraining, with its routing
+    for the balancing bias. Parts: ``ce`` and ``kl`` (the weighted terms of
+    :func:`distill_loss`) and ``balance`` when the student's ``aux_loss_alpha`` > 0.
+    The student's MTP modules are not trained here (the teacher gives next-token
+    logits only): a simplification; SFT trains them.
+    """
+    _check_alpha(alpha)
+    if temperature <= 0:
+        raise ValueError(f"temperature={temperature} is invalid: must be > 0")
+    teacher.eval()
+
+    def loss_fn(model, batch: dict[str, torch.Tensor]) -> LossOutput:
+        ids, targets, mask = batch["input_ids"], batch["targets"], batch.get("loss_mask")
+        out = model(ids, output_routing=True)
+        teacher_device = next(teacher.parameters()).device
+        with torch.no_grad():
+            teacher.eval()  # dropout off, whatever the caller did since
+            t_out = teacher(ids.to(teacher_device))
+        teacher_logits = getattr(t_out, "logits", t_out).to(out.logits.device)  # (B, T, vocab)
+        parts = _distill_parts(out.logits, teacher_logits, targets, mask, temperature, alpha)
+        alpha_bal = model.config.aux_loss_alpha
+        if alpha_bal > 0 and out.routing:
+            parts["balance"] = balance_loss(out.routing, alpha_bal, batch_size=ids.shape[0])
+        return LossOutput(sum(parts.values()), parts, out)
+
+    return loss_fn
+
+
+__all__ = ["cross_entropy", "lm_loss", "mtp_loss", "balance_loss", "token_logprobs", "LossOutput", "pretrain_loss",
+           "DISTILL_TEMPERATURE", "DISTILL_ALPHA", "kl_per_token", "distill_loss", "distill_loss_fn"]

@@ -212,10 +212,12 @@ def load_model_from_checkpoint(folder: str | Path, device: torch.device | str = 
 
 @torch.no_grad()
 def exact_match(model: nn.Module, tokenizer, problems, verify, max_new_tokens: int = 32,
-                batch_size: int = 64) -> dict:
+                batch_size: int = 64, skip_special: bool = True) -> dict:
     """Share of problems whose greedy completion (up to eos) passes ``verify(problem, text)``.
 
     Prompts are left-padded into batches and decoded with the model's cache.
+    ``skip_special=False`` writes special tokens out (R1's ``<think>`` / ``<answer>``
+    tags, which a reasoning verifier reads) and cuts the text at the first eos.
     Returns {"exact_match": share, "n": count, "samples": [(prompt, completion, ok), ...first 5]}.
     """
     from .generate import generate
@@ -230,7 +232,10 @@ def exact_match(model: nn.Module, tokenizer, problems, verify, max_new_tokens: i
         out = generate(model, ids, max_new_tokens, attention_mask=mask, eos_id=tokenizer.eos_id,
                        pad_id=tokenizer.pad_id)
         for p, row in zip(chunk, out[:, ids.shape[1]:], strict=True):
-            text = tokenizer.decode(row.tolist(), skip_special=True)
+            tokens = row.tolist()
+            if not skip_special and tokenizer.eos_id in tokens:
+                tokens = tokens[:tokens.index(tokenizer.eos_id)]
+            text = tokenizer.decode(tokens, skip_special=skip_special)
             ok = verify(p, text)
             correct += ok
             if len(samples) < 5:

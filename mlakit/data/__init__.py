@@ -18,7 +18,8 @@ lesson 08 (R1 §2.3.3, DeepSeekMath §2.1), one concept per module:
 
 :func:`make_splits` deals problems into train / validation / test so that no
 problem (under its canonical key) is in two splits; :class:`LMBatches` turns
-them into language-model batches.
+them into language-model batches; :mod:`.template` lays out SFT examples
+(``<bos> prompt completion <eos>``, the loss on the completion).
 """
 
 from .arithmetic import AdditionTask, Problem, extract_answer, make_splits
@@ -44,6 +45,7 @@ from .records import JSONLError, Record, read_jsonl, write_jsonl
 from .registry import get_task, list_tasks, task_knobs
 from .task import Task, key_string
 from .teacher import RejectionResult, Sample, rejection_sample
+from .template import encode_example, encode_records, render, to_text
 from .text import jaccard, ngrams, normalize_text, shingles, words
 from .toolcall import ToolCallProblem, ToolCallTask
 from .wordproblem import WordProblem, WordProblemTask
@@ -69,4 +71,6 @@ __all__ = [
     "Teacher", "Dataset", "EmptyDatasetError", "build_dataset",
     # language-model batches
     "LMBatches", "encode_problems",
+    # the SFT template
+    "render", "to_text", "encode_example", "encode_records",
 ]
