@@ -213,6 +213,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .data.cli import register
 
     register(sub)  # mlakit data build / card
+    from .rl.cli import register as register_grpo
+
+    register_grpo(sub)  # mlakit grpo
     return parser
 
 

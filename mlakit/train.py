@@ -117,11 +117,21 @@ class Trainer:
 
     # --------------------------------------------------------------- one step
     def train_step(self) -> dict:
-        model, cfg = self.model, self.cfg
-        model.train()
-        device = next(model.parameters()).device
+        self.model.train()
+        device = next(self.model.parameters()).device
         batch = {name: t.to(device) for name, t in self.batch_fn(self.step).items()}  # batches follow the model
         out = self.loss_fn(self._forward, batch)
+        record = {"step": self.step, **self.optimizer_step(out)}
+        self.step += 1
+        self.history.append(record)
+        return record
+
+    def optimizer_step(self, out: LossOutput) -> dict:
+        """Steps 2-4 of the module docstring for one loss: backward, clip, the schedule's learning rate of
+        ``self.step``, AdamW step, bias update from the routing of ``out.output``. Returns the record's
+        lr, loss, grad_norm, loss parts, max_vio and expert_load; the caller advances ``self.step``
+        (GRPO takes several of these per step, :class:`mlakit.rl.GRPOTrainer`)."""
+        model, cfg = self.model, self.cfg
         self.optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -129,7 +139,7 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.optimizer.step()
-        record = {"step": self.step, "lr": lr, "loss": out.loss.item(), "grad_norm": float(grad_norm)}
+        record = {"lr": lr, "loss": out.loss.item(), "grad_norm": float(grad_norm)}
         record.update({f"loss_{name}": value.item() for name, value in out.parts.items()})
         routing = getattr(out.output, "routing", None) or []
         if routing:
@@ -140,9 +150,11 @@ class Trainer:
                 # the forward lists its MoE layers in module order (main blocks, then the MTP blocks it ran)
                 for m, r in zip(iter_moe_layers(model), routing, strict=False):
                     m.update_bias(r.counts, cfg.bias_update_gamma)
-        self.step += 1
-        self.history.append(record)
         return record
+
+    def progress_postfix(self, record: dict) -> dict:
+        """What the progress bar shows after a step (the loss; GRPO shows the reward)."""
+        return {"loss": f"{record['loss']:.3f}"}
 
     def evaluate(self) -> dict:
         if self.eval_fn is None:
@@ -163,7 +175,7 @@ class Trainer:
         while self.step < target:
             record = self.train_step()
             bar.update(1)
-            bar.set_postfix(loss=f"{record['loss']:.3f}")
+            bar.set_postfix(self.progress_postfix(record))
             if self.cfg.eval_every and self.step % self.cfg.eval_every == 0 and self.step < target:
                 self.evaluate()
         bar.close()
@@ -175,9 +187,12 @@ class Trainer:
     # ------------------------------------------------------------ persistence
     def save(self, folder: str | Path) -> Path:
         """Write a checkpoint folder (see the module docstring); returns its path."""
-        meta = {"train_config": dataclasses.asdict(self.cfg), "step": self.step, "history": self.history,
+        return save_training_checkpoint(folder, self.model, self.optimizer, self.checkpoint_meta())
+
+    def checkpoint_meta(self) -> dict:
+        """What trainer.json holds besides the optimizer's param groups and the random state."""
+        return {"train_config": dataclasses.asdict(self.cfg), "step": self.step, "history": self.history,
                 "evals": self.evals}
-        return save_training_checkpoint(folder, self.model, self.optimizer, meta)
 
     def load(self, folder: str | Path) -> Trainer:
         """Restore model, optimizer, step, metrics and random state from a checkpoint written by :meth:`save`."""
