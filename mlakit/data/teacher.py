@@ -30,6 +30,7 @@ from torch import nn
 
 from ..generate import generate
 from ..utils import progress as progress_bar
+from ..utils import progress_enabled
 from .passk import mean_pass_at_k, pass_at_k
 from .task import check_choice, check_int
 
@@ -106,12 +107,13 @@ def decode_completion(tokenizer, ids: list[int]) -> tuple[str, bool]:
 def rejection_sample(model: nn.Module, tokenizer, task, problems, num_samples: int = 4,
                      temperature: float = 1.0, max_new_tokens: int = 32, mode: str = "first",
                      batch_size: int = 32, top_k: int | None = None, top_p: float | None = None,
-                     seed: int = 0, use_cache: bool = True, progress: bool = True,
+                     seed: int = 0, use_cache: bool = True, progress: bool | None = None,
                      desc: str = "teacher sampling") -> RejectionResult:
     """Sample ``num_samples`` completions of every problem's prompt; keep the verified ones.
 
     ``batch_size`` prompts go through one grouped generation (batch_size x num_samples rows).
     Deterministic for a seed (and batch size): one torch.Generator drives all the sampling.
+    ``progress`` None follows mlakit's switch (``MLAKIT_PROGRESS``, :func:`mlakit.utils.set_progress`).
     ``max_new_tokens`` shrinks to what the model's context leaves after the longest prompt.
     """
     check_int("num_samples", num_samples, 1, 4096)
@@ -128,7 +130,8 @@ def rejection_sample(model: nn.Module, tokenizer, task, problems, num_samples: i
     gen = torch.Generator(device=device).manual_seed(seed)
     limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
     samples: list[Sample] = []
-    bar = progress_bar(total=len(problems), desc=desc, disable=not progress) if progress else None
+    show = progress_enabled() if progress is None else progress
+    bar = progress_bar(total=len(problems), desc=desc, disable=False) if show else None
     for start in range(0, len(problems), batch_size):
         chunk = problems[start:start + batch_size]
         ids, mask = tokenizer.encode_batch([p.prompt for p in chunk], bos=True, device=device)  # (B, T)

@@ -5,6 +5,8 @@
 - :mod:`mlakit.viz.dashboard`: :func:`cache_dashboard`, the interactive version (ipywidgets).
 - :mod:`mlakit.viz.moe`: expert-load heatmaps, MaxVio curves, total vs active parameters.
 - :mod:`mlakit.viz.train`: :func:`plot_training`, loss curves and evaluations of a training run.
+- :mod:`mlakit.viz.data`: synthetic data: the data card's funnel, the LSH S-curve, pass@k
+  against samples, accuracy on leaked and fresh test problems.
 """
 
 from .cache import (
@@ -16,9 +18,11 @@ from .cache import (
     plot_v2_headline,
 )
 from .dashboard import CacheDashboard, cache_dashboard, parameter_count
+from .data import plot_contamination, plot_data_funnel, plot_pass_at_k, plot_s_curve
 from .moe import plot_active_parameters, plot_expert_load, plot_max_violation
 from .train import plot_training
 
 __all__ = ["cache_table", "models_table", "plot_cache_vs_context", "measure_cache_bytes",
            "plot_measured_vs_theory", "plot_v2_headline", "cache_dashboard", "CacheDashboard",
-           "parameter_count", "plot_expert_load", "plot_max_violation", "plot_active_parameters", "plot_training"]
+           "parameter_count", "plot_expert_load", "plot_max_violation", "plot_active_parameters", "plot_training",
+           "plot_data_funnel", "plot_s_curve", "plot_pass_at_k", "plot_contamination"]

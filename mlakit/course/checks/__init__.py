@@ -86,6 +86,16 @@ from .lesson07 import (
     reference_mtp_input,
     reference_mtp_loss,
 )
+from .lesson08 import (
+    check_candidate_probability,
+    check_ngram_contamination,
+    check_pass_at_k,
+    check_r1_answer,
+    reference_candidate_probability,
+    reference_ngram_contamination,
+    reference_pass_at_k,
+    reference_r1_answer,
+)
 
 __all__ = [
     # the result format and the fallback
@@ -114,4 +124,8 @@ __all__ = [
     # lesson 07: the mini-DeepSeek
     "reference_mtp_input", "check_mtp_input", "reference_mtp_loss", "check_mtp_loss",
     "reference_completion_mask", "check_completion_mask", "reference_lr_schedule", "check_lr_schedule",
+    # lesson 08: synthetic data
+    "reference_pass_at_k", "check_pass_at_k", "reference_r1_answer", "check_r1_answer",
+    "reference_ngram_contamination", "check_ngram_contamination", "reference_candidate_probability",
+    "check_candidate_probability",
 ]
