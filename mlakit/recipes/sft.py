@@ -23,7 +23,9 @@ student trained on the teacher's outputs, no logits and no RL. Both are
 path: the loss is :func:`mlakit.losses.distill_loss_fn` over a frozen teacher's
 logits, alpha * CE + (1 - alpha) * T^2 * KL. It needs teacher and student to share
 one vocabulary, token for token. Sequence-level data with the logit loss is
-:func:`distill` on the teacher's records.
+:func:`distill` on the teacher's records. On a fixed data set the teacher's logits
+can be computed once and looked up (:class:`TeacherLogits`, ``cache_teacher_logits=True``):
+offline distillation, one teacher pass per sequence instead of one per step.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from ..config import ModelConfig
@@ -151,6 +154,77 @@ def _exact_match(model: nn.Module, tokenizer: CharTokenizer, records: list[Recor
     return exact_match(model, tokenizer, records, answer_verifier(task), max_new_tokens=budget, skip_special=False)
 
 
+# ------------------------------------------------------- offline teacher logits
+class TeacherLogits(nn.Module):
+    """A frozen teacher's logits on a fixed set of examples, computed once and looked up (offline distillation).
+
+    Logit distillation on a fixed data set runs the same teacher on the same sequences every
+    time an example is drawn. This module runs it once per distinct example (``examples``:
+    (ids of ``<bos> prompt completion <eos>``, prompt length), as :func:`~mlakit.data.encode_records`
+    gives them) and, called on a right-padded batch of ``input_ids`` (B, T), returns the stored
+    logits (B, T, vocab): row by row, looked up by its tokens up to the padding (and the final
+    ``<eos>``, which the model reads but whose next token is padding). A row it has not seen goes
+    through the teacher. Positions past a row's example get zeros: padding, which the loss mask
+    leaves out. The numbers are the teacher's own up to float rounding (the causal model gives
+    each position the same logits whatever follows it in the batch).
+
+    Storage is the price: one float per vocabulary entry per token, 58 per character here,
+    about 129k per token at DeepSeek-V3's vocabulary, which is why large-scale pipelines keep
+    only the top-k logits of each position.
+    """
+
+    def __init__(self, teacher: nn.Module, examples: Sequence[tuple[list[int], int]], pad_id: int,
+                 eos_id: int | None = None, batch_size: int = 64):
+        super().__init__()
+        self.teacher, self.pad_id, self.eos_id = teacher, pad_id, eos_id
+        self.config = getattr(teacher, "config", None)
+        keys = list(dict.fromkeys(self._key(ids) for ids, _ in examples))  # distinct, in order
+        device = next(teacher.parameters()).device
+        self.table: dict[tuple[int, ...], torch.Tensor] = {}
+        teacher.eval()
+        with torch.no_grad():
+            for start in range(0, len(keys), batch_size):
+                chunk = keys[start:start + batch_size]
+                ids = torch.full((len(chunk), max(map(len, chunk))), pad_id, dtype=torch.long)  # (B, T), right-padded
+                for row, key in enumerate(chunk):
+                    ids[row, :len(key)] = torch.tensor(key)
+                out = teacher(ids.to(device))
+                logits = getattr(out, "logits", out).float().cpu()  # (B, T, vocab)
+                for row, key in enumerate(chunk):
+                    self.table[key] = logits[row, :len(key)].clone()  # (len, vocab)
+
+    def _key(self, ids) -> tuple[int, ...]:
+        """The tokens the teacher must see for one example: up to its padding and final eos."""
+        n = len(ids)
+        while n and ids[n - 1] == self.pad_id:
+            n -= 1
+        if n and self.eos_id is not None and ids[n - 1] == self.eos_id:
+            n -= 1
+        return tuple(ids[:n])
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        B, T = input_ids.shape
+        vocab = next(iter(self.table.values())).shape[-1] if self.table else None
+        rows = input_ids.tolist()
+        found = [self.table.get(self._key(row)) for row in rows]
+        missing = [r for r, hit in enumerate(found) if hit is None]
+        if missing:  # rows outside the table: ask the teacher
+            out = self.teacher(input_ids[missing])
+            fresh = getattr(out, "logits", out).float()  # (len(missing), T, vocab)
+            vocab = fresh.shape[-1]
+        logits = torch.zeros(B, T, vocab, device=input_ids.device)  # (B, T, vocab); zeros on the padding
+        for r, hit in enumerate(found):
+            if hit is not None:
+                n = min(T, hit.shape[0])
+                logits[r, :n] = hit[:n].to(input_ids.device)
+        if missing:
+            logits[missing] = fresh.to(logits.device)
+        return logits
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+
 # ------------------------------------------------------------------------- run
 @dataclass
 class SFTRun:
@@ -254,7 +328,8 @@ def distill(student: nn.Module | ModelConfig, teacher: nn.Module | str | Path, r
             alpha: float = DISTILL_ALPHA, teacher_tokenizer: CharTokenizer | None = None,
             batch_size: int = SFT_BATCH_SIZE, seed: int = 0, eval_fn: Callable[[nn.Module], dict] | None = None,
             eval_records: Records | None = None, task=None, steps: int | None = None,
-            resume_from: str | Path | None = None, desc: str = "distillation") -> SFTRun:
+            resume_from: str | Path | None = None, desc: str = "distillation",
+            cache_teacher_logits: bool = False) -> SFTRun:
     """Logit distillation (Hinton et al. 2015) from a frozen ``teacher`` on ``records``; returns the :class:`SFTRun`.
 
     The student (a model, or a ModelConfig for a fresh seeded one) learns
@@ -262,17 +337,25 @@ def distill(student: nn.Module | ModelConfig, teacher: nn.Module | str | Path, r
     on the completion tokens only (:func:`mlakit.losses.distill_loss`). The teacher (a
     model or a checkpoint folder) runs in eval mode without gradients and is never
     updated. Teacher and student must share one vocabulary (``teacher_tokenizer``, when
-    given, is compared token by token). Everything else is :func:`sft`'s.
+    given, is compared token by token). ``cache_teacher_logits``: run the teacher once per
+    record before training and look its logits up at every step (:class:`TeacherLogits`),
+    the same loss without a teacher forward pass per step. Everything else is :func:`sft`'s.
     """
     if isinstance(teacher, (str, Path)):
         teacher = load_model_from_checkpoint(teacher)
     model = _model(student, seed)
     _check_teacher(model, teacher, tokenizer, teacher_tokenizer)
     _check_tokenizer(model, tokenizer, "student")
-    loss_fn = distill_loss_fn(teacher, temperature, alpha)  # puts the teacher in eval mode
+    scorer = teacher
+    if cache_teacher_logits:
+        records = as_records(records, task)
+        limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+        scorer = TeacherLogits(teacher, encode_records(records, tokenizer, max_len=limit), tokenizer.pad_id,
+                               tokenizer.eos_id)
+    loss_fn = distill_loss_fn(scorer, temperature, alpha)  # puts the teacher in eval mode
     return _train(model, loss_fn, records, tokenizer, train_config, batch_size, seed, eval_fn, eval_records, task,
                   steps, resume_from, desc, teacher)
 
 
-__all__ = ["SFT_BATCH_SIZE", "EVAL_NEW_TOKENS", "SFTRun", "records_from_rejection", "as_records", "answer_verifier",
-           "sft_eval", "sft", "distill"]
+__all__ = ["SFT_BATCH_SIZE", "EVAL_NEW_TOKENS", "SFTRun", "TeacherLogits", "records_from_rejection", "as_records",
+           "answer_verifier", "sft_eval", "sft", "distill"]

@@ -96,6 +96,14 @@ from .lesson08 import (
     reference_pass_at_k,
     reference_r1_answer,
 )
+from .lesson09 import (
+    check_distill_loss,
+    check_render_example,
+    check_sft_loss_mask,
+    reference_distill_loss,
+    reference_render_example,
+    reference_sft_loss_mask,
+)
 
 __all__ = [
     # the result format and the fallback
@@ -128,4 +136,7 @@ __all__ = [
     "reference_pass_at_k", "check_pass_at_k", "reference_r1_answer", "check_r1_answer",
     "reference_ngram_contamination", "check_ngram_contamination", "reference_candidate_probability",
     "check_candidate_probability",
+    # lesson 09: SFT and distillation
+    "reference_sft_loss_mask", "check_sft_loss_mask", "reference_distill_loss", "check_distill_loss",
+    "reference_render_example", "check_render_example",
 ]
