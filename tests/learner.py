@@ -6,6 +6,9 @@ a function defined here, outside mlakit, that calls the reference.
 """
 
 import functools
+import inspect
+
+import torch
 
 
 def as_learner(reference):
@@ -16,3 +19,25 @@ def as_learner(reference):
     answer.__module__ = __name__
     del answer.__wrapped__  # the learner's function, not the library's
     return answer
+
+
+def _writes_into(reference, arg):
+    """The reference's result, but argument `arg` of the caller is changed in place afterwards."""
+    def answer(*args):
+        out = reference(*[a.clone() if isinstance(a, torch.Tensor) else a for a in args])
+        args[arg].add_(1)
+        return out
+
+    return answer
+
+
+def assert_in_place_change_fails(checks, check, reference, arg, name):
+    """Checker `check` fails an answer that changes its argument `arg` (named `name` in the reference) in place.
+
+    The checkers hand the learner's function their own tensors (no copies), so a change shows; the answer
+    takes *args, so the argument is named by its position.
+    """
+    assert list(inspect.signature(getattr(checks, reference)).parameters)[arg] == name
+    result = getattr(checks, check)(_writes_into(getattr(checks, reference), arg))
+    assert result.status == "FAIL", result.message
+    assert f"changed its argument number {arg + 1} in place" in result.message
