@@ -104,6 +104,16 @@ from .lesson09 import (
     reference_render_example,
     reference_sft_loss_mask,
 )
+from .lesson10 import (
+    check_aggregate_loss,
+    check_clipped_objective,
+    check_group_advantages,
+    check_kl_k3,
+    reference_aggregate_loss,
+    reference_clipped_objective,
+    reference_group_advantages,
+    reference_kl_k3,
+)
 
 __all__ = [
     # the result format and the fallback
@@ -139,4 +149,7 @@ __all__ = [
     # lesson 09: SFT and distillation
     "reference_sft_loss_mask", "check_sft_loss_mask", "reference_distill_loss", "check_distill_loss",
     "reference_render_example", "check_render_example",
+    # lesson 10: GRPO
+    "reference_group_advantages", "check_group_advantages", "reference_clipped_objective", "check_clipped_objective",
+    "reference_kl_k3", "check_kl_k3", "reference_aggregate_loss", "check_aggregate_loss",
 ]
