@@ -131,6 +131,7 @@ class RotaryEmbedding(nn.Module):
         self.dim, self.interleave = dim, interleave
         inv_freq, self.attention_factor = rope_inv_freq(dim, base, rope_scaling)
         self.register_buffer("inv_freq", inv_freq, persistent=False)  # (dim/2,)
+        self._positions, self._cos_sin = None, None  # the last positions and their cos / sin
 
     def cos_sin(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """cos and sin of the angles, each (..., T, dim/2), times the attention factor."""
@@ -138,7 +139,11 @@ class RotaryEmbedding(nn.Module):
         return angles.cos() * self.attention_factor, angles.sin() * self.attention_factor
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        cos, sin = self.cos_sin(positions)
+        if positions is self._positions:  # MLA rotates its query and its key at the same positions
+            cos, sin = self._cos_sin
+        else:
+            cos, sin = self.cos_sin(positions)
+            self._positions, self._cos_sin = positions, (cos, sin)  # holding it keeps its id from being reused
         if positions.dim() == 2 and x.dim() == 4:  # (B, T) positions against (B, H, T, d)
             cos, sin = cos[:, None], sin[:, None]  # (B, 1, T, dim/2)
         return apply_rotary(x, cos.to(x.dtype), sin.to(x.dtype), self.interleave)

@@ -281,3 +281,32 @@ def test_generation_and_speculative_decoding_stay_on_the_model_device():
     assert out.sequences.device.type == out.logprobs.device.type == out.completion_mask.device.type == "cuda"
     fast, _ = speculative_generate(model, prompt[:1], 8)
     assert fast.device.type == "cuda" and torch.equal(fast, generate(model, prompt[:1], 8))
+
+
+def test_what_generate_returns_can_be_trained_on():
+    """generate runs in inference mode, but its outputs are ordinary tensors: a training forward may use them,
+    and a no-grad forward after it may reuse the MoE workspace (made in inference mode) without error."""
+    torch.manual_seed(0)
+    model = MiniDeepSeek(ModelConfig.from_preset("nano", num_hidden_layers=2))  # with routed experts
+    ids = torch.randint(1, 40, (2, 5))
+    out = generate(model, ids, 4, temperature=1.0, num_return_sequences=2, return_dict=True,
+                   generator=torch.Generator().manual_seed(0))
+    plain = generate(model, ids, 3)
+    assert not any(t.is_inference() for t in (out.sequences, out.completion_mask, out.logprobs, plain))
+    logits = model(out.sequences).logits  # embedding saves the ids for its backward
+    (token_logprobs(logits[:, 4:-1], out.sequences[:, 5:]) - out.logprobs).sum().backward()
+    with torch.no_grad():
+        model(out.sequences[:1, :2])  # a small sorted MoE forward without grad reuses the workspace: it must be
+        # an ordinary tensor again
+
+
+def test_rotary_memo_gives_the_same_rotation():
+    from mlakit.layers import RotaryEmbedding
+
+    rope = RotaryEmbedding(16)
+    positions = torch.arange(3, 9)
+    x, y = torch.randn(2, 4, 6, 16), torch.randn(2, 6, 16)
+    first, second = rope(x, positions), rope(y, positions)  # the second call reuses the cos / sin
+    assert torch.equal(second, RotaryEmbedding(16)(y, positions))
+    assert torch.equal(first, RotaryEmbedding(16)(x, positions))
+    assert torch.equal(rope(y, torch.arange(0, 6)), RotaryEmbedding(16)(y, torch.arange(0, 6)))  # new positions

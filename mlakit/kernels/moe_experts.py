@@ -183,7 +183,8 @@ def _workspace(name: str, shape: tuple[int, ...], like: torch.Tensor) -> torch.T
     store = _WORKSPACES.__dict__
     numel = math.prod(shape)
     buf = store.get(name)
-    if buf is None or buf.numel() < numel or buf.dtype != like.dtype or buf.device != like.device:
+    if (buf is None or buf.numel() < numel or buf.dtype != like.dtype or buf.device != like.device
+            or buf.is_inference() != torch.is_inference_mode_enabled()):  # inference tensors stay in inference mode
         buf = store[name] = like.new_empty(numel)
     return buf[:numel].view(shape)
 
