@@ -94,7 +94,16 @@ class Timed:
     """Runs and times one mlakit GRPO step at a time; keeps the times and the mean rewards."""
 
     def __init__(self, trainer: GRPOTrainer, seed: int):
-        self.trainer, self.times, self.curve = trainer, [], []
+        self.trainer, self.times, self.curve, self.rollout_times = trainer, [], [], []
+        rollout = trainer.rollout
+
+        def timed_rollout(indices):  # the sampling part of a step, timed apart from the update
+            start = time.perf_counter()
+            out = rollout(indices)
+            self.rollout_times.append(time.perf_counter() - start)
+            return out
+
+        trainer.rollout = timed_rollout
         outside = torch.random.get_rng_state()  # mlakit samples from torch's global generator: give it its own
         torch.manual_seed(seed)
         self.rng_state = torch.random.get_rng_state()
@@ -194,12 +203,13 @@ def main(argv=None) -> int:
             trl_times, trl_curve = run_trl(folder, tok, prompts, rewards, args, Path(tmp) / "trl", ours)
         else:
             run_alone(ours, args.steps)
-        ours_times, ours_curve = ours.times, ours.curve
+        ours_times, ours_curve, ours_rollouts = ours.times, ours.curve, ours.rollout_times
     print(f"GRPO step on {machine('cpu')}")
     print(f"{args.preset}: {model.num_parameters():,} parameters; G={args.G} x {args.prompts} prompts, "
           f"max_completion_length={args.max_len}, temperature={args.temperature}, loss_type={args.loss_type}, "
           f"{args.steps} steps (median after the first)\n")
     ours = statistics.median(ours_times[1:] or ours_times)
+    sampling = statistics.median(ours_rollouts[1:] or ours_rollouts)
     rows = [{"library": "mlakit GRPOTrainer", "s / step": f"{ours:.3f}", "vs TRL": ""}]
     if have_trl:
         theirs = statistics.median(trl_times[1:] or trl_times)
@@ -208,6 +218,9 @@ def main(argv=None) -> int:
     else:
         rows.append({"library": "TRL GRPOTrainer", "s / step": "not installed", "vs TRL": "pip install trl"})
     print(format_table(rows))
+    print(f"\nmlakit's step: rollouts (prefill, decode, decoding to text) {sampling:.3f} s, the rest (rewards, "
+          f"the policy's forward and backward, AdamW) {ours - sampling:.3f} s (medians): "
+          f"however fast the sampling, the step cannot take less than the rest.")
     print("\nmean reward per step (accuracy + digit share):")
     curve_rows = []
     for i, r in enumerate(ours_curve):
