@@ -8,8 +8,17 @@ losses from :mod:`mlakit.losses` and :class:`mlakit.train.Trainer`.
 
 from .grpo import GRPORun, grpo, task_problems
 from .pretrain import PretrainRun, addition_splits, exact_match_eval, pretrain
-from .sft import SFTRun, answer_verifier, as_records, distill, records_from_rejection, sft, sft_eval
+from .sft import (
+                  SFTRun,
+                  TeacherLogits,
+                  answer_verifier,
+                  as_records,
+                  distill,
+                  records_from_rejection,
+                  sft,
+                  sft_eval,
+)
 
 __all__ = ["PretrainRun", "addition_splits", "exact_match_eval", "pretrain",
-           "SFTRun", "sft", "distill", "sft_eval", "answer_verifier", "as_records", "records_from_rejection",
+           "SFTRun", "TeacherLogits", "sft", "distill", "sft_eval", "answer_verifier", "as_records", "records_from_rejection",
            "GRPORun", "grpo", "task_problems"]
