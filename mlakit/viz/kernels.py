@@ -46,9 +46,11 @@ def plot_roofline(peak_tflops: float, peak_gbs: float, points: Mapping[str, floa
             fontsize=8, color="dimgray")
     ax.text(hi / 1.2, peak_tflops * 1.12, f"compute roof, {peak_tflops:,.0f} TFLOP/s", ha="right", fontsize=8,
             color="dimgray")
+    markers = "osD^vP*X"
     for i, (name, x) in enumerate(points.items()):
         y = min(peak_tflops, x * peak_gbs / 1e3)
-        ax.scatter([x], [y], zorder=3, color=f"C{i}", label=f"{name}: {x:,.1f} FLOP/B, "
+        ax.scatter([x], [y], zorder=3 + i, color=f"C{i}", marker=markers[i % len(markers)], s=max(20, 90 - 20 * i),
+                   label=f"{name}: {x:,.1f} FLOP/B, "
                    f"{'memory' if x < ridge else 'compute'}-bound")
     ax.set_xscale("log")
     ax.set_yscale("log")
