@@ -17,6 +17,10 @@ the bf16 cases below check.
 """
 
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -211,8 +215,10 @@ def test_a_whole_model_with_every_kernel_matches_the_torch_model(triton_device):
                 logits.append(step)
                 tokens.append(step.argmax(-1))
             results[backend] = torch.stack(logits, 1), torch.stack(tokens, 1)
-    torch.testing.assert_close(results["triton"][0], results["torch"][0], atol=1e-4, rtol=1e-4)
-    assert torch.equal(results["triton"][1], results["torch"][1])
+    atol = 1e-4 if triton_device == "cpu" else 2e-2  # TF32 products on a GPU
+    torch.testing.assert_close(results["triton"][0], results["torch"][0], atol=atol, rtol=atol)
+    if triton_device == "cpu":  # exact fp32 products: no near-tie can flip a greedy token
+        assert torch.equal(results["triton"][1], results["torch"][1])
 
 
 # --------------------------------------------------------------- fused MoE
@@ -298,3 +304,18 @@ def test_kernels_defined_for_the_gpu_refuse_cpu_tensors_with_a_clear_message():
     with pytest.raises(BackendUnavailableError, match="defined with TRITON_INTERPRET=1"):
         check_triton_launch("rmsnorm", True, torch.device("cuda"))
     check_triton_launch("rmsnorm", True, torch.device("cpu"))  # the interpreter on CPU tensors: fine
+
+
+def test_the_kernels_compile_for_a_hopper_gpu_without_one():
+    """Triton's compiler (to PTX and a cubin for sm_90) on every kernel, in a process without the interpreter."""
+    pytest.importorskip("triton")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_DEFAULT_FP_FUSION"] = "1"  # triton 3.9 warns when unset
+    root = Path(__file__).resolve().parents[1]
+    env["PYTHONPATH"] = os.pathsep.join([str(root), env.get("PYTHONPATH", "")])
+    out = subprocess.run([sys.executable, str(root / "tests" / "compile_kernels.py")], capture_output=True, text=True,
+                         env=env, timeout=300)
+    if "ptxas" in out.stderr and "not found" in out.stderr.lower():
+        pytest.skip("this triton has no ptxas to compile with")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert out.stdout.count("OK ") == 6, out.stdout

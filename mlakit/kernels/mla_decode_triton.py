@@ -32,6 +32,7 @@ wrongly, so when interpreting the operands are upcast to fp32 in the kernel
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -137,6 +138,11 @@ def launch_config(n_heads: int, interpret: bool) -> dict:
     return {"BLOCK_H": 16, "BLOCK_N": 32, "num_warps": 4, "num_stages": 2}
 
 
+@functools.cache
+def _multiprocessors(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
 def default_num_splits(batch: int, n_heads: int, s_max: int, block_h: int, block_n: int,
                        device: torch.device) -> int:
     """Enough splits for about two programs per streaming multiprocessor, never fewer rows than a block each.
@@ -145,7 +151,7 @@ def default_num_splits(batch: int, n_heads: int, s_max: int, block_h: int, block
     """
     if device.type != "cuda":
         return 1
-    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    sms = _multiprocessors(device.index if device.index is not None else torch.cuda.current_device())
     programs = batch * triton.cdiv(n_heads, block_h)
     return max(1, min(triton.cdiv(2 * sms, programs), triton.cdiv(s_max, block_n), 64))
 
