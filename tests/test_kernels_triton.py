@@ -319,3 +319,16 @@ def test_the_kernels_compile_for_a_hopper_gpu_without_one():
         pytest.skip("this triton has no ptxas to compile with")
     assert out.returncode == 0, out.stdout + out.stderr
     assert out.stdout.count("OK ") == 6, out.stdout
+
+
+def test_without_the_interpreter_or_a_gpu_auto_keeps_every_op_on_torch(monkeypatch):
+    """The state of every test that does not ask for ``triton_device`` (tests/conftest.py takes the variable out
+    of the environment): the kernels are registered, but "auto" runs the torch references on CPU tensors."""
+    pytest.importorskip("triton")
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for op in ("rmsnorm", "mla_decode", "moe_experts"):
+        assert "triton" in kernels.registry._KERNELS[op]
+        assert kernels.resolve(op, "auto", "cpu") == "torch"
+        with pytest.raises(BackendUnavailableError, match="needs a CUDA device or TRITON_INTERPRET=1"):
+            kernels.get(op, "triton", "cpu")

@@ -20,13 +20,14 @@ CUDA inputs or ``TRITON_INTERPRET=1``), else the torch reference.
 Layout, after Liger-Kernel: ``kernels/<op>.py`` holds the op's torch
 reference and the registration of both backends side by side; the Triton
 kernels live in ``kernels/<op>_triton.py``, imported on the first call of the
-"triton" backend, so ``import mlakit`` never imports triton, and the kernels
-are defined after ``TRITON_INTERPRET`` is read (set it before the first call
-to run them on CPU tensors through Triton's interpreter). A Triton kernel
-registers with ``register("<op>", "triton", fn)``; ``fn`` takes the same
-arguments as the reference. The forward-only kernels (MLA decode, fused MoE)
-leave "auto" on the torch reference when autograd needs gradients. Note that the op functions share their modules'
-names: ``mlakit.kernels.rmsnorm`` is the function, and the module's other
+"triton" backend, so ``import mlakit`` never imports triton. To run them on
+CPU tensors through Triton's interpreter, set ``TRITON_INTERPRET=1`` before
+triton is first imported (``triton.jit`` reads it when triton defines its own
+library and when a kernel is defined; ``tests/conftest.py`` and lesson 12 show
+how). A Triton kernel registers with ``register("<op>", "triton", fn)``; ``fn``
+takes the same arguments as the reference. The forward-only kernels (MLA
+decode, fused MoE) leave "auto" on the torch reference when autograd needs
+gradients. Note that the op functions share their modules' names: ``mlakit.kernels.rmsnorm`` is the function, and the module's other
 names are imported from it (``from mlakit.kernels.rmsnorm import rmsnorm_torch``).
 """
 

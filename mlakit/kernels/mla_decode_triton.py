@@ -2,8 +2,8 @@
 
 The Triton backend of :func:`mlakit.kernels.mla_decode` (formula and shapes
 there), imported on its first call: importing this module imports triton and
-defines the kernels, so ``TRITON_INTERPRET=1`` must be set before, to run them
-on CPU tensors.
+defines the kernels; to run them on CPU tensors, ``TRITON_INTERPRET=1`` must
+be set before triton is first imported.
 
 Stage 1, grid (B, head blocks, splits): a program takes BLOCK_H query heads
 of one sequence (they all read the same latent rows: MLA's absorbed decode is

@@ -2,8 +2,8 @@
 
 The Triton backend of :func:`mlakit.kernels.moe_experts` (and of its alias
 :func:`mlakit.kernels.fused_moe`), imported on its first call: importing this
-module imports triton and defines the kernels, so ``TRITON_INTERPRET=1`` must
-be set before, to run them on CPU tensors. Shapes: x (T, H), gate_up_proj
+module imports triton and defines the kernels; to run them on CPU tensors,
+``TRITON_INTERPRET=1`` must be set before triton is first imported. Shapes: x (T, H), gate_up_proj
 (E, 2I, H) with the gate rows first, down_proj (E, H, I), topk_ids and
 topk_weights (T, k).
 

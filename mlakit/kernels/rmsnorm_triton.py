@@ -1,8 +1,9 @@
 """RMSNorm in Triton: a few whole rows per program, in registers, forward and backward.
 
 The Triton backend of :func:`mlakit.kernels.rmsnorm`, imported on its first
-call (importing this module imports triton and defines the kernels, so
-``TRITON_INTERPRET=1`` must be set before, to run them on CPU tensors).
+call (importing this module imports triton and defines the kernels; to run
+them on CPU tensors, ``TRITON_INTERPRET=1`` must be set before triton is first
+imported).
 
 Forward, row by row, exactly the reference's order of operations: the mean of
 squares in float32, ``xhat = x * rstd`` cast back to x's dtype, times the
