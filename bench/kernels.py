@@ -94,9 +94,15 @@ def bench_ms(fn) -> float:
 
 
 def compiled(fn):
-    """``torch.compile(fn)``, or None where compiling fails here (the table then says n/a)."""
+    """``torch.compile(fn)`` (automatic dynamic shapes: one recompile, not one per shape of the sweep), or None
+    where compiling fails here (the table then says n/a)."""
+    import torch._dynamo
+
+    for limit in ("recompile_limit", "cache_size_limit"):  # the name changed across torch versions
+        if hasattr(torch._dynamo.config, limit):
+            setattr(torch._dynamo.config, limit, 256)  # never fall back to eager silently in the sweep
     try:
-        return torch.compile(fn, dynamic=False)
+        return torch.compile(fn)
     except Exception as exc:  # noqa: BLE001 - a benchmark reports what it cannot run
         print(f"  torch.compile unavailable: {exc}", file=sys.stderr)
         return None
