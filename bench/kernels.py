@@ -77,7 +77,7 @@ MOE_SHAPES = {  # name: (hidden, width, experts, top-k)
 MOE_TOKENS = (16, 512, 4096)
 
 
-# ------------------------------------------------------------------ helpers
+# ------------------------------------------------------------ timing, peaks
 def peak_gbs(name: str, override: float | None) -> float | None:
     if override:
         return override
