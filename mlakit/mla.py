@@ -41,6 +41,15 @@ d_c (d_nope + d_v) / (2 d_c - d_nope - d_v) tokens: 170 for V3's dimensions (pas
 (``MultiHeadLatentAttention(config, mode=...)``, or the ``mode`` attribute) and
 can be overridden per call (``layer(x, cache, mode="absorbed")``).
 
+A one-token decode step without a key mask can run the absorbed attention
+as the kernel op :func:`mlakit.kernels.mla_decode` (``backend``: "auto",
+"torch" or "triton", the layer's attribute, set by
+:func:`mlakit.kernels.set_backend`, or per call): where the op resolves to
+the Triton split-KV kernel (a GPU, or ``TRITON_INTERPRET=1``, and no
+gradients needed) the kernel computes softmax(q . latent) latent[:d_c];
+otherwise, and for several tokens or a key mask (left padding), the torch
+code below runs, unchanged. W_UK, W_UV and o_proj stay in torch either way.
+
 The cache is :class:`~mlakit.cache.LatentCache` (defined in :mod:`mlakit.cache`,
 importable from here): the layer writes its new rows, then reads every cached
 row back (``cache.write``, ``cache.read``); a kernel reads ``cache.storage(layer)``
@@ -52,6 +61,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from . import kernels
 from .attention import scaled_dot_product_attention
 from .cache import LatentCache
 from .config import ModelConfig
@@ -71,8 +81,11 @@ def check_mode(mode: str) -> str:
 class MultiHeadLatentAttention(nn.Module):
     """MLA with a latent cache and two computation paths (see the module docstring)."""
 
-    def __init__(self, config: ModelConfig, layer_idx: int = 0, mode: str = "auto"):
+    kernel_ops = ("mla_decode",)  # what kernels.set_backend reaches
+
+    def __init__(self, config: ModelConfig, layer_idx: int = 0, mode: str = "auto", backend: str = "auto"):
         super().__init__()
+        self.backend = kernels.check_backend(backend)
         if config.attn_type != "mla":
             raise ValueError(f"MultiHeadLatentAttention needs attn_type='mla', got {config.attn_type!r}")
         self.layer_idx = layer_idx
@@ -126,25 +139,46 @@ class MultiHeadLatentAttention(nn.Module):
         return scaled_dot_product_attention(q, k, v, self.scale, causal=True, dropout_p=self._dropout_p(),
                                             key_mask=key_mask)
 
-    def attend_absorbed(self, q_nope, q_rope, latent, key_mask=None):
-        """Absorb W_UK into the query and W_UV after attention; attend over the latents as MQA. Returns (B, n_h, T, d_v)."""
+    def attend_absorbed(self, q_nope, q_rope, latent, key_mask=None, backend: str | None = None):
+        """Absorb W_UK into the query and W_UV after attention; attend over the latents as MQA. Returns (B, n_h, T, d_v).
+
+        A single query token without ``key_mask`` goes to :func:`mlakit.kernels.mla_decode` where that op
+        resolves to its Triton kernel for ``backend`` (None: ``self.backend``); otherwise the torch code runs.
+        """
         w_uk, w_uv = self.up_weights()
         q_latent = q_nope @ w_uk  # (B, n_h, T, d_c): q_C^T W_UK per head, (B, n_h, T, d_nope) @ (n_h, d_nope, d_c)
         q = torch.cat([q_latent, q_rope], dim=-1)  # (B, n_h, T, d_c + d_rope)
-        k = latent[:, None]  # (B, 1, S, d_c + d_rope): one "KV head" shared by every query head
-        v = latent[:, None, :, : self.d_c]  # (B, 1, S, d_c): the latent itself is the value
-        o_latent = scaled_dot_product_attention(q, k, v, self.scale, causal=True, dropout_p=self._dropout_p(),
-                                                key_mask=key_mask)  # (B, n_h, T, d_c)
+        if self._decode_kernel(q, latent, key_mask, backend or self.backend) == "triton":
+            B, S = latent.shape[:2]
+            lengths = torch.full((B,), S, dtype=torch.int32, device=latent.device)  # every row is filled
+            o_latent = kernels.mla_decode(q[:, :, 0], latent, lengths, self.scale, self.d_c,
+                                          backend="triton")[:, :, None]  # (B, n_h, 1, d_c)
+        else:
+            k = latent[:, None]  # (B, 1, S, d_c + d_rope): one "KV head" shared by every query head
+            v = latent[:, None, :, : self.d_c]  # (B, 1, S, d_c): the latent itself is the value
+            o_latent = scaled_dot_product_attention(q, k, v, self.scale, causal=True, dropout_p=self._dropout_p(),
+                                                    key_mask=key_mask)  # (B, n_h, T, d_c)
         return o_latent @ w_uv.transpose(-2, -1)  # (B, n_h, T, d_v): W_UV applied after the sum, per head
+
+    def _decode_kernel(self, q: torch.Tensor, latent: torch.Tensor, key_mask, backend: str) -> str:
+        """The backend of the mla_decode op for this call: "triton" only for one query token, no key mask,
+        no dropout and no gradients (the kernel is forward-only); "torch" means the code of attend_absorbed."""
+        kernels.check_backend(backend)
+        if backend == "torch" or q.shape[2] != 1 or key_mask is not None or self._dropout_p() > 0:
+            return "torch"
+        if backend == "auto" and kernels.needs_grad(q, latent):
+            return "torch"
+        return kernels.resolve("mla_decode", backend, q.device)  # a named "triton" that cannot run raises
 
     def _dropout_p(self) -> float:
         return self.dropout if self.training else 0.0
 
     def forward(self, x: torch.Tensor, cache: LatentCache | None = None, key_mask: torch.Tensor | None = None,
-                mode: str | None = None) -> torch.Tensor:
+                mode: str | None = None, backend: str | None = None) -> torch.Tensor:
         """x (B, T, d) -> (B, T, d). ``key_mask`` (B, S): True for real tokens over cached + new positions;
         ``mode``: "naive", "absorbed" or "auto" (naive for a prefill of several tokens, absorbed for a decode
-        step or a few tokens after a cached prefix); None uses ``self.mode``."""
+        step or a few tokens after a cached prefix); None uses ``self.mode``. ``backend`` overrides
+        ``self.backend`` (the mla_decode kernel of a one-token absorbed step) for this call."""
         B, T, _ = x.shape
         mode = self.mode if mode is None else check_mode(mode)
         start = cache.lengths[self.layer_idx] if cache is not None else 0
@@ -156,8 +190,10 @@ class MultiHeadLatentAttention(nn.Module):
         if cache is not None:
             cache.write(self.layer_idx, latent)
             latent = cache.read(self.layer_idx)  # (B, S, d_c + d_rope), S = start + T
-        attend = self.attend_naive if mode == "naive" else self.attend_absorbed
-        out = attend(q_nope, q_rope, latent, key_mask)  # (B, n_h, T, d_v)
+        if mode == "naive":
+            out = self.attend_naive(q_nope, q_rope, latent, key_mask)  # (B, n_h, T, d_v)
+        else:
+            out = self.attend_absorbed(q_nope, q_rope, latent, key_mask, backend)
         return self.o_proj(out.transpose(1, 2).reshape(B, T, self.n_heads * self.d_v))
 
 

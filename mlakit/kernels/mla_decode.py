@@ -24,6 +24,10 @@ checked one by one; None is one chunk. A sequence with no valid rows
 (length 0) gets zeros, FlashAttention's convention for an empty key set.
 Rows at or past a sequence's length are never read (a preallocated cache
 holds garbage there). Computed in float32.
+
+The "triton" backend (:mod:`mlakit.kernels.mla_decode_triton`, imported on
+its first call) is the two-stage flash-decoding kernel; it is forward-only,
+so "auto" takes the torch reference when autograd needs gradients.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ import math
 
 import torch
 
-from .registry import get, register
+from .registry import check_backend, get, needs_grad, register, resolve
 
 
 def _check(q: torch.Tensor, latent: torch.Tensor, lengths: torch.Tensor, kv_lora_rank: int,
@@ -81,6 +85,15 @@ def mla_decode_torch(q: torch.Tensor, latent: torch.Tensor, lengths: torch.Tenso
     return out.to(torch.result_type(q, latent))
 
 
+@register("mla_decode", "triton")
+def mla_decode_triton(q: torch.Tensor, latent: torch.Tensor, lengths: torch.Tensor, scale: float,
+                      kv_lora_rank: int, num_splits: int | None = None) -> torch.Tensor:
+    """The two-stage split-KV Triton kernel; triton is imported on the first call."""
+    from .mla_decode_triton import mla_decode_triton as kernel
+
+    return kernel(q, latent, lengths, scale, kv_lora_rank, num_splits=num_splits)
+
+
 def mla_decode(q: torch.Tensor, latent: torch.Tensor, lengths: torch.Tensor, scale: float, kv_lora_rank: int,
                backend: str = "auto", num_splits: int | None = None) -> torch.Tensor:
     """Absorbed MLA attention of one query token per sequence over the latent cache, (B, n_h, d_c).
@@ -89,7 +102,10 @@ def mla_decode(q: torch.Tensor, latent: torch.Tensor, lengths: torch.Tensor, sca
     split-KV chunk count a kernel uses (the torch reference emulates its merge).
     """
     _check(q, latent, lengths, kv_lora_rank, num_splits)
+    if check_backend(backend) == "auto" and needs_grad(q, latent):
+        backend = "torch"  # the kernel is forward-only
+    backend = resolve("mla_decode", backend, q.device)
     return get("mla_decode", backend, q.device)(q, latent, lengths, scale, kv_lora_rank, num_splits=num_splits)
 
 
-__all__ = ["mla_decode", "mla_decode_torch"]
+__all__ = ["mla_decode", "mla_decode_torch", "mla_decode_triton"]

@@ -20,8 +20,14 @@ gradients, which lesson 05 builds by hand:
   (:class:`GroupedSwiGLU`, forward and backward written out): no atomics, so
   results are bitwise reproducible.
 
-A Triton backend (a later lesson: align the slots per expert, then a grouped
-GEMM) implements the sorted strategy; "loop" always runs on the torch backend.
+The Triton backend (:mod:`mlakit.kernels.moe_experts_triton`, imported on
+its first call; lesson 12) is the fused MoE of inference servers: align the
+slots per expert in blocks, then two grouped GEMMs (gate/up with SiLU-and-mul,
+down with the routing weight). It implements the sorted strategy, forward
+only: "auto" takes the torch backend when autograd needs gradients, and
+"loop" always runs on the torch backend. :func:`fused_moe` is the same op
+with the argument order of vLLM's ``fused_experts`` (x, the two weight
+stacks, then the routing), for readers coming from there.
 
 On a CPU each segment is still its own matmul, so what separates the
 strategies is data movement: the sorted path reads each expert's tokens
@@ -42,7 +48,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from .registry import check_backend, get, register, resolve
+from .registry import check_backend, get, needs_grad, register, resolve
 
 DISPATCHES = ("loop", "sorted")  # the strategies of the torch backend
 
@@ -225,6 +231,15 @@ def moe_experts_torch(x: torch.Tensor, weights: torch.Tensor, indices: torch.Ten
     return moe_experts_sorted(x, weights, indices, gate_up_proj, down_proj)
 
 
+@register("moe_experts", "triton")
+def moe_experts_triton(x: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor, gate_up_proj: torch.Tensor,
+                       down_proj: torch.Tensor) -> torch.Tensor:
+    """The fused MoE Triton kernels (forward only); triton is imported on the first call."""
+    from .moe_experts_triton import moe_experts_triton as kernel
+
+    return kernel(x, weights, indices, gate_up_proj, down_proj)
+
+
 def moe_experts(x: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor, gate_up_proj: torch.Tensor,
                 down_proj: torch.Tensor, backend: str = "auto", dispatch: str = "sorted") -> torch.Tensor:
     """sum_j weights[t, j] * expert_{indices[t, j]}(x[t]) for x (T, H): (T, H), on ``backend``.
@@ -245,6 +260,8 @@ def moe_experts(x: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor, g
         raise ValueError(f"moe_experts shapes disagree: x {tuple(x.shape)}, weights {tuple(weights.shape)}, "
                          f"indices {tuple(indices.shape)}, gate_up_proj {tuple(gate_up_proj.shape)} (E, 2I, H), "
                          f"down_proj {tuple(down_proj.shape)} (E, H, I)")
+    if backend == "auto" and needs_grad(x, weights, gate_up_proj, down_proj):
+        backend = "torch"  # the Triton kernel is forward-only
     backend = resolve("moe_experts", backend, x.device)
     fn = get("moe_experts", backend, x.device)
     if backend == "torch":
@@ -252,5 +269,16 @@ def moe_experts(x: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor, g
     return fn(x, weights, indices, gate_up_proj, down_proj)
 
 
-__all__ = ["moe_experts", "moe_experts_torch", "moe_experts_loop", "moe_experts_sorted", "check_dispatch",
+def fused_moe(x: torch.Tensor, gate_up_proj: torch.Tensor, down_proj: torch.Tensor, topk_ids: torch.Tensor,
+              topk_weights: torch.Tensor, backend: str = "auto") -> torch.Tensor:
+    """:func:`moe_experts` with vLLM's argument order: (T, H) = sum_j topk_weights[t, j] * SwiGLU_{topk_ids[t, j]}(x[t]).
+
+    x (T, H), gate_up_proj (E, 2I, H) gate rows first, down_proj (E, H, I),
+    topk_ids and topk_weights (T, k). The same op and the same kernels (the
+    sorted strategy on the torch backend), one name per reader.
+    """
+    return moe_experts(x, topk_weights, topk_ids, gate_up_proj, down_proj, backend=backend)
+
+
+__all__ = ["moe_experts", "fused_moe", "moe_experts_triton", "moe_experts_torch", "moe_experts_loop", "moe_experts_sorted", "check_dispatch",
            "swiglu", "sort_by_expert", "GroupedSwiGLU", "DISPATCHES"]

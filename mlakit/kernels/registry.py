@@ -84,6 +84,43 @@ def triton_interpret() -> bool:
     return os.environ.get("TRITON_INTERPRET", "").strip().lower() in _TRUE
 
 
+def needs_grad(*tensors: torch.Tensor) -> bool:
+    """Whether autograd would record an op on ``tensors``: grad mode on and one of them requires grad.
+
+    The forward-only kernels (MLA decode, fused MoE) leave "auto" on the torch reference then.
+    """
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
+def _triton_library_interpreted() -> bool:
+    """Whether triton's own jit functions (``tl.sum``, ...) were defined for the interpreter on import."""
+    try:
+        import triton.language.standard as standard
+        from triton.runtime.interpreter import InterpretedFunction
+    except ImportError:  # a layout this check does not know: let the launch speak for itself
+        return True
+    return isinstance(getattr(standard, "sum", None), InterpretedFunction)
+
+
+def check_triton_launch(op: str, defined_interpreted: bool, device: torch.device) -> None:
+    """Raise a clear error where a Triton kernel cannot launch on ``device`` because of when it was defined.
+
+    ``triton.jit`` reads ``TRITON_INTERPRET`` when a function is defined: when
+    triton is first imported (its own library: ``tl.sum``, ...) and on the
+    first call of a backend (the library's kernels). Kernels defined without
+    it cannot run on CPU tensors later, and interpreted ones never reach the GPU.
+    """
+    if device.type != "cuda" and not (defined_interpreted and _triton_library_interpreted()):
+        raise BackendUnavailableError(
+            f"the Triton kernels of {op} (or triton itself, on import) were defined before TRITON_INTERPRET=1 was "
+            f"set, so they cannot run on {device.type} tensors: set it before triton is first imported, e.g. first "
+            "thing in a notebook (restart the Python process or notebook kernel)")
+    if device.type == "cuda" and defined_interpreted:
+        raise BackendUnavailableError(
+            f"the Triton kernels of {op} were defined with TRITON_INTERPRET=1 (the interpreter, CPU tensors "
+            "only): unset it before the first call to run them on the GPU")
+
+
 def _kernels_of(op: str) -> dict[str, Callable]:
     kernels = _KERNELS.get(op)
     if kernels is None:
@@ -163,4 +200,4 @@ def set_backend(module: nn.Module, backend: str, ops: Iterable[str] | None = Non
 
 
 __all__ = ["BACKENDS", "CHOICES", "BackendUnavailableError", "register", "ops", "check_backend",
-           "triton_installed", "triton_interpret", "available", "resolve", "get", "set_backend"]
+           "triton_installed", "triton_interpret", "needs_grad", "check_triton_launch", "available", "resolve", "get", "set_backend"]

@@ -8,6 +8,8 @@ normalised x cast back to its dtype, then times the weight (so a float32
 weight with bf16 x gives a float32 result, as in transformers). Lesson 12
 writes a Triton kernel for it: one program per row, the row in registers,
 one read and one write of x, which is what makes it memory-bound and fast.
+The library's kernel, forward and backward, is the "triton" backend
+(:mod:`mlakit.kernels.rmsnorm_triton`, imported on its first call).
 """
 
 from __future__ import annotations
@@ -26,6 +28,14 @@ def rmsnorm_torch(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Te
     return weight * h.to(dtype)
 
 
+@register("rmsnorm", "triton")
+def rmsnorm_triton(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """The Triton kernel (forward and backward); triton is imported on the first call."""
+    from .rmsnorm_triton import rmsnorm_triton as kernel
+
+    return kernel(x, weight, eps)
+
+
 def rmsnorm(x: torch.Tensor, weight: torch.Tensor, eps: float, backend: str = "auto") -> torch.Tensor:
     """RMSNorm of x (..., d) with ``weight`` (d,) over the last dimension, on ``backend``."""
     if weight.shape != x.shape[-1:]:
@@ -34,4 +44,4 @@ def rmsnorm(x: torch.Tensor, weight: torch.Tensor, eps: float, backend: str = "a
     return get("rmsnorm", backend, x.device)(x, weight, eps)
 
 
-__all__ = ["rmsnorm", "rmsnorm_torch"]
+__all__ = ["rmsnorm", "rmsnorm_torch", "rmsnorm_triton"]

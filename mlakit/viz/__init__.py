@@ -11,6 +11,8 @@
   against step (:func:`plot_grpo`), pass@k and maj@k before and after RL (:func:`plot_pass_maj_at_k`).
 - :mod:`mlakit.viz.sft`: SFT and distillation: held-out accuracy of several runs against step
   (:func:`plot_accuracy_curves`), R1's distilled models beside RL (:func:`plot_r1_distillation`).
+- :mod:`mlakit.viz.kernels`: GPU kernels: a roofline with kernels placed on it (:func:`plot_roofline`),
+  split-KV decoding's splits over a batch of cached sequences (:func:`plot_split_kv`).
 """
 
 from .cache import (
@@ -23,6 +25,7 @@ from .cache import (
 )
 from .dashboard import CacheDashboard, cache_dashboard, parameter_count
 from .data import plot_contamination, plot_data_funnel, plot_pass_at_k, plot_s_curve
+from .kernels import plot_roofline, plot_split_kv
 from .moe import plot_active_parameters, plot_expert_load, plot_max_violation
 from .rl import plot_grpo, plot_pass_maj_at_k
 from .sft import final_accuracies, plot_accuracy_curves, plot_r1_distillation
@@ -32,4 +35,5 @@ __all__ = ["cache_table", "models_table", "plot_cache_vs_context", "measure_cach
            "plot_measured_vs_theory", "plot_v2_headline", "cache_dashboard", "CacheDashboard",
            "parameter_count", "plot_expert_load", "plot_max_violation", "plot_active_parameters", "plot_training",
            "plot_data_funnel", "plot_s_curve", "plot_pass_at_k", "plot_contamination",
-           "plot_grpo", "plot_pass_maj_at_k", "plot_accuracy_curves", "plot_r1_distillation", "final_accuracies"]
+           "plot_grpo", "plot_pass_maj_at_k", "plot_accuracy_curves", "plot_r1_distillation", "final_accuracies",
+           "plot_roofline", "plot_split_kv"]

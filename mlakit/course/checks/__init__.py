@@ -114,6 +114,14 @@ from .lesson10 import (
     reference_group_advantages,
     reference_kl_k3,
 )
+from .lesson12 import (
+    check_merge_splits,
+    check_mla_decode_cost,
+    check_online_softmax_step,
+    reference_merge_splits,
+    reference_mla_decode_cost,
+    reference_online_softmax_step,
+)
 
 __all__ = [
     # the result format and the fallback
@@ -152,4 +160,7 @@ __all__ = [
     # lesson 10: GRPO
     "reference_group_advantages", "check_group_advantages", "reference_clipped_objective", "check_clipped_objective",
     "reference_kl_k3", "check_kl_k3", "reference_aggregate_loss", "check_aggregate_loss",
+    # lesson 12: GPU kernels
+    "reference_mla_decode_cost", "check_mla_decode_cost", "reference_online_softmax_step",
+    "check_online_softmax_step", "reference_merge_splits", "check_merge_splits",
 ]
