@@ -7,9 +7,13 @@
   keeps shard r;
 - the loss runs through ``torch.nn.parallel.DistributedDataParallel``, which
   averages the gradients over the ranks during the backward. MoE layers route
-  each rank's tokens differently, so an expert may get no token on one rank:
-  DDP is built with ``find_unused_parameters=True`` (without it the second step
-  fails when a parameter got no gradient);
+  each rank's tokens differently, so an expert may get no token on one rank.
+  The routed experts are stacked in one parameter per projection, so an idle
+  expert is a zero slice of a gradient that exists; a parameter a step does not
+  use at all (an MTP module skipped on short sequences, a loss that leaves a
+  module out) would make DDP's second step fail, so DDP is built with
+  ``find_unused_parameters=True`` by default (torch warns once when a step used
+  every parameter; pass False to skip the extra graph traversal);
 - the MoE loads are summed over the ranks before the auxiliary-loss-free bias
   update and the MaxVio metric, so every rank moves its biases alike, as one
   process on the full batch would; the logged loss is the mean over the ranks.
@@ -72,7 +76,8 @@ class DataParallelTrainer(Trainer):
 
     def __init__(self, model: nn.Module, cfg: TrainConfig, batch_fn: Callable[[int], Batch],
                  eval_fn: Callable[[nn.Module], dict] | None = None,
-                 loss_fn: Callable[[nn.Module, Batch], LossOutput] = pretrain_loss, process_group=None):
+                 loss_fn: Callable[[nn.Module, Batch], LossOutput] = pretrain_loss, process_group=None,
+                 find_unused_parameters: bool = True):
         if not dist.is_initialized():
             raise RuntimeError("DataParallelTrainer needs torch.distributed initialised (torchrun, or "
                                "mlakit.distributed.spawn)")
@@ -81,7 +86,7 @@ class DataParallelTrainer(Trainer):
         super().__init__(model, cfg, batch_fn, eval_fn, loss_fn)
         self.group = process_group
         self.rank, self.world_size = dist.get_rank(process_group), dist.get_world_size(process_group)
-        self._ddp = DistributedDataParallel(_LossModule(model, loss_fn), find_unused_parameters=True,
+        self._ddp = DistributedDataParallel(_LossModule(model, loss_fn), find_unused_parameters=find_unused_parameters,
                                             process_group=process_group)
 
     def train_step(self) -> dict:

@@ -87,12 +87,24 @@ def init_from_env(backend: str | None = None) -> tuple[int, int]:
     return dist.get_rank(), dist.get_world_size()
 
 
-def torchrun_command(nproc: int, module_args: Sequence[str]) -> list[str]:
-    """``python -m torch.distributed.run --standalone --nproc-per-node N -m mlakit ARGS``: N local processes."""
+def torchrun_command(nproc: int, module_args: Sequence[str], drop: str | None = None) -> list[str]:
+    """``python -m torch.distributed.run --standalone --nproc-per-node N -m mlakit.cli ARGS``: N local processes.
+
+    ``drop`` removes an option and its value from ARGS (``--nproc 2`` or ``--nproc=2``: torchrun's own
+    parser would take ``--nproc`` for an abbreviation of its ``--nproc-per-node``).
+    """
     if nproc < 1:
         raise ValueError(f"nproc={nproc} is invalid: must be >= 1")
+    args, kept = list(module_args), []
+    while args:
+        a = args.pop(0)
+        if drop is not None and a == drop:
+            args = args[1:]
+        elif drop is None or not a.startswith(drop + "="):
+            kept.append(a)
+    module_args = kept
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-            "-m", "mlakit", *module_args]
+            "-m", "mlakit.cli", *module_args]
 
 
 __all__ = ["spawn", "free_port", "init_from_env", "torchrun_command"]
