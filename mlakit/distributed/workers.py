@@ -70,17 +70,23 @@ def ep_error(rank: int, world_size: int, config: ModelConfig) -> str:
 
 
 def ep_timing(rank: int, world_size: int, config: ModelConfig, seed: int, tokens_per_rank: int, repeats: int,
-              dispatch_dtype: str | None = None, combine_dtype: str | None = None) -> dict:
-    """Median seconds of one forward + backward of the expert-parallel layer, and the bytes of its last forward."""
+              dispatch_dtype: str | None = None, combine_dtype: str | None = None, device: str = "cpu") -> dict:
+    """Median seconds of one forward + backward of the expert-parallel layer, and the bytes of its last forward.
+
+    ``device`` "cpu" (gloo) or "cuda" (nccl: rank r on GPU r).
+    """
+    dev = torch.device(f"cuda:{rank}" if device == "cuda" else "cpu")
     moe, x, grad = ep_problem(config, seed, tokens_per_rank * world_size)
     rows = slice(rank * tokens_per_rank, (rank + 1) * tokens_per_rank)
-    ep = ExpertParallelMoE.from_moe(moe, dispatch_dtype=dispatch_dtype, combine_dtype=combine_dtype)
-    x_local = x[rows].clone().requires_grad_()
+    ep = ExpertParallelMoE.from_moe(moe.to(dev), dispatch_dtype=dispatch_dtype, combine_dtype=combine_dtype)
+    x_local, grad_local = x[rows].to(dev).requires_grad_(), grad[rows].to(dev)
     times = []
     for _ in range(repeats + 1):  # the first run warms up
         dist.barrier()
         start = time.perf_counter()
-        ep(x_local).backward(grad[rows])
+        ep(x_local).backward(grad_local)
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
         dist.barrier()
         times.append(time.perf_counter() - start)
     times = sorted(times[1:])
