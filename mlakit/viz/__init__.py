@@ -11,6 +11,8 @@
   against step (:func:`plot_grpo`), pass@k and maj@k before and after RL (:func:`plot_pass_maj_at_k`).
 - :mod:`mlakit.viz.sft`: SFT and distillation: held-out accuracy of several runs against step
   (:func:`plot_accuracy_curves`), R1's distilled models beside RL (:func:`plot_r1_distillation`).
+- :mod:`mlakit.viz.scaling`: a 1F1B timeline (:func:`plot_pipeline_timeline`), the bubbles of 1F1B, ZB1P and
+  DualPipe against PP (:func:`plot_bubbles`), compute hiding communication (:func:`plot_overlap`).
 """
 
 from .cache import (
@@ -25,6 +27,7 @@ from .dashboard import CacheDashboard, cache_dashboard, parameter_count
 from .data import plot_contamination, plot_data_funnel, plot_pass_at_k, plot_s_curve
 from .moe import plot_active_parameters, plot_expert_load, plot_max_violation
 from .rl import plot_grpo, plot_pass_maj_at_k
+from .scaling import plot_bubbles, plot_overlap, plot_pipeline_timeline
 from .sft import final_accuracies, plot_accuracy_curves, plot_r1_distillation
 from .train import plot_training
 
@@ -32,4 +35,5 @@ __all__ = ["cache_table", "models_table", "plot_cache_vs_context", "measure_cach
            "plot_measured_vs_theory", "plot_v2_headline", "cache_dashboard", "CacheDashboard",
            "parameter_count", "plot_expert_load", "plot_max_violation", "plot_active_parameters", "plot_training",
            "plot_data_funnel", "plot_s_curve", "plot_pass_at_k", "plot_contamination",
-           "plot_grpo", "plot_pass_maj_at_k", "plot_accuracy_curves", "plot_r1_distillation", "final_accuracies"]
+           "plot_grpo", "plot_pass_maj_at_k", "plot_accuracy_curves", "plot_r1_distillation", "final_accuracies",
+           "plot_pipeline_timeline", "plot_bubbles", "plot_overlap"]
