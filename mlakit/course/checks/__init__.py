@@ -114,6 +114,14 @@ from .lesson10 import (
     reference_group_advantages,
     reference_kl_k3,
 )
+from .lesson13 import (
+    check_bytes_per_token,
+    check_pipeline_bubble,
+    check_split_sizes,
+    reference_bytes_per_token,
+    reference_pipeline_bubble,
+    reference_split_sizes,
+)
 
 __all__ = [
     # the result format and the fallback
@@ -152,4 +160,7 @@ __all__ = [
     # lesson 10: GRPO
     "reference_group_advantages", "check_group_advantages", "reference_clipped_objective", "check_clipped_objective",
     "reference_kl_k3", "check_kl_k3", "reference_aggregate_loss", "check_aggregate_loss",
+    # lesson 13: scaling out
+    "reference_bytes_per_token", "check_bytes_per_token", "reference_split_sizes", "check_split_sizes",
+    "reference_pipeline_bubble", "check_pipeline_bubble",
 ]
