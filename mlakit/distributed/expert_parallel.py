@@ -41,7 +41,7 @@ import torch.distributed._functional_collectives as fc
 from torch import nn
 
 from ..kernels import moe_experts
-from ..moe import DeepSeekMoE, RoutedExperts
+from ..moe import V3_BIAS_UPDATE_SPEED, DeepSeekMoE, RoutedExperts
 from .comm import COUNT_BYTES, FP8_BLOCK
 
 FP8 = torch.float8_e4m3fn
@@ -125,6 +125,8 @@ class ExpertParallelMoE(nn.Module):
     agree). ``dispatch_dtype`` / ``combine_dtype``: the wire formats, None (the
     activations' dtype, exact), "fp32", "bf16" or "fp8" (dispatch only).
     """
+
+    kernel_ops = ("moe_experts",)  # :func:`mlakit.kernels.set_backend` sets ``backend`` here too
 
     def __init__(self, moe: DeepSeekMoE, process_group=None, dispatch_dtype: str | None = None,
                  combine_dtype: str | None = None):
@@ -218,6 +220,11 @@ class ExpertParallelMoE(nn.Module):
             rows, b(rows, H, self.dispatch_dtype, dtype), b(rows, H, self.combine_dtype, dtype),
             COUNT_BYTES * self.num_experts, remote, b(remote, H, self.dispatch_dtype, dtype),
             b(remote, H, self.combine_dtype, dtype), int(per_token.sum()))
+
+    def update_bias(self, counts: torch.Tensor, gamma: float = V3_BIAS_UPDATE_SPEED) -> None:
+        """The router's aux-loss-free bias step with loads ``counts`` (E,). Pass the loads summed over the
+        ranks (``dist.all_reduce``): the routing counts of one forward are this rank's tokens only."""
+        self.gate.update_bias(counts, gamma)
 
     def extra_repr(self) -> str:
         return (f"rank={self.rank}/{self.world_size}, experts=[{self.first_expert}, "
