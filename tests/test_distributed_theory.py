@@ -127,3 +127,25 @@ def test_torchrun_command():
 def test_torchrun_command_drops_the_nproc_option():
     assert torchrun_command(2, ["train", "--nproc", "2", "--out", "x"], drop="--nproc")[-3:] == ["train", "--out", "x"]
     assert torchrun_command(2, ["train", "--nproc=2"], drop="--nproc")[-1] == "train"
+
+
+def test_nodes_per_token_by_hand():
+    from mlakit.distributed import nodes_per_token
+
+    idx = torch.tensor([[0, 1, 2], [0, 4, 8], [7, 3, 5]])  # nodes {0}, {0, 1, 2}, {1, 0, 1}
+    assert nodes_per_token(idx, 4).tolist() == [1, 3, 2]
+
+
+def test_v3_router_reaches_at_most_4_nodes_and_about_5_3_without_the_limit():
+    """V3's router shape (256 experts in 8 groups, top-8, 4 groups kept) on random tokens: node-limited
+    routing never reaches more than 4 of the 8 nodes; without the limit the average is near the theory."""
+    from mlakit.distributed import nodes_per_token
+    from mlakit.moe import Router
+
+    torch.manual_seed(0)
+    x = torch.randn(2000, 64)
+    shape = dict(hidden_size=64, n_routed_experts=256, num_experts_per_tok=8, n_group=8)
+    limited = nodes_per_token(Router(ModelConfig(**shape, topk_group=4))(x).indices, 32)
+    free = nodes_per_token(Router(ModelConfig(**shape, topk_group=8))(x).indices, 32)  # all 8 groups kept
+    assert limited.max() <= 4 and limited.float().mean() > 3.5
+    assert abs(free.float().mean().item() - expected_nodes_per_token(256, 8, 8)) < 0.15

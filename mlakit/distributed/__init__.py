@@ -28,6 +28,7 @@ from .comm import (
     TokenTraffic,
     comm_volume,
     expected_nodes_per_token,
+    nodes_per_token,
     row_bytes,
     v3_bytes_per_token,
 )
@@ -49,7 +50,7 @@ from .pipeline import (
 __all__ = [
     "spawn", "free_port", "init_from_env", "torchrun_command", "DataParallelTrainer", "shard_batch",
     "ExpertParallelMoE", "CommRecord", "check_ep_size", "fp8_pack", "fp8_unpack", "comm_volume", "CommVolume",
-    "row_bytes", "expected_nodes_per_token", "v3_bytes_per_token", "TokenTraffic", "DTYPE_BYTES", "FP8_BLOCK",
+    "row_bytes", "expected_nodes_per_token", "nodes_per_token", "v3_bytes_per_token", "TokenTraffic", "DTYPE_BYTES", "FP8_BLOCK",
     "IB_GBPS", "NVLINK_GBPS", "V3_NODES", "V3_SMS", "V3_COMM_SMS", "bubble", "bubble_1f1b", "bubble_zb1p",
     "bubble_dualpipe", "bubble_fraction", "simulate_1f1b", "idle_per_stage", "Op", "SCHEDULES",
 ]

@@ -95,6 +95,19 @@ def expected_nodes_per_token(num_experts: int, k: int, nodes: int) -> float:
     return nodes * (1 - math.comb(num_experts - per_node, k) / math.comb(num_experts, k))
 
 
+def nodes_per_token(indices, experts_per_node: int):
+    """Distinct nodes each token's experts lie on, (T,) int64, from the router's choices ``indices`` (T, k)
+    when node n holds the experts ``[n experts_per_node, (n + 1) experts_per_node)``."""
+    import torch
+
+    if experts_per_node < 1:
+        raise ValueError(f"experts_per_node={experts_per_node} is invalid: must be >= 1")
+    nodes = indices // experts_per_node  # (T, k)
+    hit = torch.zeros(indices.shape[0], int(nodes.max()) + 1 if nodes.numel() else 1, dtype=torch.bool,
+                      device=indices.device)
+    return hit.scatter_(1, nodes, True).sum(1)
+
+
 @dataclass(frozen=True)
 class TokenTraffic:
     """Cross-node (InfiniBand) bytes of one token through one MoE layer, V3-style (once per target node)."""
@@ -124,5 +137,5 @@ def v3_bytes_per_token(config: ModelConfig, node_limited: bool = True, nodes: in
     return TokenTraffic(n, n * row_bytes(H, dispatch_dtype), n * row_bytes(H, combine_dtype))
 
 
-__all__ = ["comm_volume", "CommVolume", "row_bytes", "expected_nodes_per_token", "v3_bytes_per_token", "TokenTraffic",
+__all__ = ["comm_volume", "CommVolume", "row_bytes", "expected_nodes_per_token", "nodes_per_token", "v3_bytes_per_token", "TokenTraffic",
            "DTYPE_BYTES", "FP8_BLOCK", "IB_GBPS", "NVLINK_GBPS", "V3_NODES", "V3_SMS", "V3_COMM_SMS"]
