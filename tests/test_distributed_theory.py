@@ -149,3 +149,30 @@ def test_v3_router_reaches_at_most_4_nodes_and_about_5_3_without_the_limit():
     free = nodes_per_token(Router(ModelConfig(**shape, topk_group=8))(x).indices, 32)  # all 8 groups kept
     assert limited.max() <= 4 and limited.float().mean() > 3.5
     assert abs(free.float().mean().item() - expected_nodes_per_token(256, 8, 8)) < 0.15
+
+
+@pytest.mark.parametrize("pp, m", [(4, 8), (4, 4), (8, 16), (6, 9)])
+def test_simulated_zb1p_bubble_equals_the_formula_at_equal_chunks(pp, m):
+    from mlakit.distributed import simulate_zb1p
+
+    ops = simulate_zb1p(pp, m, F=1.0, B=2.0, W=1.0)  # F = B - W = W
+    assert len(ops) == 3 * pp * m
+    assert idle_per_stage(ops) == pytest.approx([bubble_zb1p(pp, 1.0, 2.0, 1.0)] * pp)
+    at = {(o.stage, o.kind, o.mb): o for o in ops}
+    for o in ops:  # dependencies hold, and a stage never holds more micro-batches than 1F1B does
+        if o.kind == "F" and o.stage > 0:
+            assert at[(o.stage - 1, "F", o.mb)].end <= o.start
+        if o.kind == "B":
+            assert at[(o.stage, "F", o.mb)].end <= o.start
+            if o.stage < pp - 1:
+                assert at[(o.stage + 1, "B", o.mb)].end <= o.start
+        if o.kind == "W":
+            assert at[(o.stage, "B", o.mb)].end <= o.start
+    for s in range(pp):
+        started = sorted((o.start, o.kind) for o in ops if o.stage == s and o.kind in "FB")
+        in_flight = 0
+        for _, kind in started:
+            in_flight += 1 if kind == "F" else -1
+            assert in_flight <= pp - s
+    with pytest.raises(ValueError, match="W=3"):
+        simulate_zb1p(4, 4, 1.0, 2.0, 3.0)

@@ -45,6 +45,7 @@ from .pipeline import (
     bubble_zb1p,
     idle_per_stage,
     simulate_1f1b,
+    simulate_zb1p,
 )
 
 __all__ = [
@@ -52,5 +53,5 @@ __all__ = [
     "ExpertParallelMoE", "CommRecord", "check_ep_size", "fp8_pack", "fp8_unpack", "comm_volume", "CommVolume",
     "row_bytes", "expected_nodes_per_token", "nodes_per_token", "v3_bytes_per_token", "TokenTraffic", "DTYPE_BYTES", "FP8_BLOCK",
     "IB_GBPS", "NVLINK_GBPS", "V3_NODES", "V3_SMS", "V3_COMM_SMS", "bubble", "bubble_1f1b", "bubble_zb1p",
-    "bubble_dualpipe", "bubble_fraction", "simulate_1f1b", "idle_per_stage", "Op", "SCHEDULES",
+    "bubble_dualpipe", "bubble_fraction", "simulate_1f1b", "simulate_zb1p", "idle_per_stage", "Op", "SCHEDULES",
 ]

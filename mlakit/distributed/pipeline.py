@@ -15,7 +15,9 @@ backward chunk run overlapped:
 
 :func:`simulate_1f1b` schedules 1F1B op by op (warm-up forwards, one forward
 one backward, cool-down backwards; an op starts when its stage is free and its
-input has arrived) and its idle time per stage equals the formula.
+input has arrived) and its idle time per stage equals the formula;
+:func:`simulate_zb1p` does the same for a greedy zero-bubble schedule (equal to
+its formula when F = B - W = W). DualPipe is left to its formula.
 """
 
 from __future__ import annotations
@@ -74,7 +76,7 @@ def bubble_fraction(bubble_time: float, microbatches: int, F: float, B: float) -
 
 @dataclass(frozen=True)
 class Op:
-    """One chunk of work on one stage: ``kind`` "F" or "B" of micro-batch ``mb`` from ``start`` to ``end``."""
+    """One chunk of work on one stage: ``kind`` "F", "B" (or "W", a weight gradient) of micro-batch ``mb``."""
 
     stage: int
     kind: str
@@ -129,6 +131,51 @@ def simulate_1f1b(pp: int, microbatches: int, F: float = 1.0, B: float = 2.0) ->
     return ops
 
 
+def simulate_zb1p(pp: int, microbatches: int, F: float = 1.0, B: float = 2.0, W: float = 1.0) -> list[Op]:
+    """A zero-bubble schedule op by op: each backward split into "B" (input gradient, B - W) and "W" (weight
+    gradient, W), which no other stage waits for.
+
+    Greedy, ZB-H1 style: whenever a stage is free it starts the earliest op it can, preferring an input
+    gradient (the previous stage waits for it), then a forward (at most PP - s micro-batches in flight, 1F1B's
+    memory), then a deferred weight gradient, which fills what would be bubble. With F = B - W = W (the zero
+    bubble paper's setting) its idle time per stage equals (PP - 1)(F + B - 2W); with other durations this
+    greedy order can idle more or less than the handcrafted schedule the formula describes.
+    """
+    _check(pp, F=F, B=B, W=W)
+    if microbatches < 1:
+        raise ValueError(f"microbatches={microbatches} is invalid: must be >= 1")
+    if W > B:
+        raise ValueError(f"W={W} is invalid: the weight gradient is part of the backward, W <= B={B}")
+    duration = {"F": F, "B": B - W, "W": W}
+    done: dict[tuple[int, str, int], float] = {}
+    free = [0.0] * pp
+    count = [{"F": 0, "B": 0, "W": 0} for _ in range(pp)]
+    ops: list[Op] = []
+    while len(ops) < 3 * pp * microbatches:
+        best = None
+        for s in range(pp):
+            n, options = count[s], []
+            i = n["B"]
+            if i < microbatches and (s, "F", i) in done and (s == pp - 1 or (s + 1, "B", i) in done):
+                options.append((max(free[s], done[(s, "F", i)], done.get((s + 1, "B", i), 0.0)), 0, "B", i))
+            i = n["F"]
+            if i < microbatches and n["F"] - n["B"] < pp - s and (s == 0 or (s - 1, "F", i) in done):
+                options.append((max(free[s], done.get((s - 1, "F", i), 0.0)), 1, "F", i))
+            i = n["W"]
+            if i < n["B"]:
+                options.append((max(free[s], done[(s, "B", i)]), 2, "W", i))
+            if options:
+                choice = min(options)  # earliest start, then B before F before W
+                if best is None or (choice[0], s) < (best[0][0], best[1]):
+                    best = (choice, s)
+        (start, _, kind, i), s = best
+        end = start + duration[kind]
+        done[(s, kind, i)], free[s] = end, end
+        count[s][kind] += 1
+        ops.append(Op(s, kind, i, start, end))
+    return ops
+
+
 def idle_per_stage(ops: list[Op]) -> list[float]:
     """Idle time of each stage between the step's start (0) and its end (the last op anywhere)."""
     end = max(op.end for op in ops)
@@ -140,4 +187,5 @@ def idle_per_stage(ops: list[Op]) -> list[float]:
 
 
 __all__ = ["bubble", "bubble_1f1b", "bubble_zb1p", "bubble_dualpipe", "bubble_fraction", "simulate_1f1b",
+           "simulate_zb1p",
            "idle_per_stage", "Op", "SCHEDULES"]

@@ -15,8 +15,8 @@ COLORS = {"F": "tab:blue", "B": "tab:orange", "W": "tab:green", "comm": "tab:red
 
 
 def plot_pipeline_timeline(ops: Sequence[Op], title: str | None = None, ax=None):
-    """One row per stage, a bar per forward (blue) and backward (orange) chunk labelled by micro-batch; gaps are
-    the bubble. Returns the Axes."""
+    """One row per stage, a bar per forward (blue), backward (orange) and weight-gradient (green) chunk labelled
+    by micro-batch; gaps are the bubble. Returns the Axes."""
     import matplotlib.pyplot as plt
 
     if ax is None:
@@ -29,8 +29,10 @@ def plot_pipeline_timeline(ops: Sequence[Op], title: str | None = None, ax=None)
     ax.invert_yaxis()
     ax.set_xlabel("time (units of a forward chunk)")
     ax.set_xlim(0, max(op.end for op in ops))
-    handles = [plt.Rectangle((0, 0), 1, 1, color=COLORS[k]) for k in ("F", "B")]
-    ax.legend(handles, ["forward", "backward"], loc="upper right", fontsize=8)
+    kinds = [k for k in ("F", "B", "W") if any(op.kind == k for op in ops)]
+    names = {"F": "forward", "B": "backward" if "W" not in kinds else "input gradient", "W": "weight gradient"}
+    handles = [plt.Rectangle((0, 0), 1, 1, color=COLORS[k]) for k in kinds]
+    ax.legend(handles, [names[k] for k in kinds], loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
     if title:
         ax.set_title(title)
     return ax
