@@ -121,6 +121,11 @@ def test_data_parallel_equals_one_process_on_the_full_batch(results):
             assert mine["expert_load"] == theirs["expert_load"]  # global loads: the bias moved alike
     moved = sum(t.abs().sum() for n, t in model.state_dict().items() if n.endswith("e_score_correction_bias"))
     assert moved > 0
+    grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}  # the last step's, clipped
+    for rank in results["ddp"]:
+        assert rank["grads"].keys() == grads.keys()
+        for name, g in grads.items():
+            torch.testing.assert_close(rank["grads"][name], g, atol=1e-6, rtol=1e-4, msg=name)
 
 
 def test_some_expert_got_no_token_on_a_rank_and_training_went_on(results):

@@ -107,7 +107,8 @@ class RandomBatches:
 
 def train_data_parallel(rank: int, world_size: int, config: ModelConfig, train_config: TrainConfig,
                         batches: RandomBatches, checkpoint: str | None = None) -> dict:
-    """Train a MiniDeepSeek seeded by ``train_config.seed`` with :class:`DataParallelTrainer`; its weights and history.
+    """Train a MiniDeepSeek seeded by ``train_config.seed`` with :class:`DataParallelTrainer`; its weights, history
+    and the gradients of the last step (averaged over the ranks, after clipping).
 
     With ``checkpoint``, rank 0 writes the checkpoint there at the end.
     """
@@ -117,7 +118,8 @@ def train_data_parallel(rank: int, world_size: int, config: ModelConfig, train_c
     trainer.train()
     if checkpoint is not None:
         trainer.save(checkpoint)
-    return {"state": {n: t.detach().clone() for n, t in model.state_dict().items()}, "history": trainer.history}
+    return {"state": {n: t.detach().clone() for n, t in model.state_dict().items()}, "history": trainer.history,
+            "grads": {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}}
 
 
 __all__ = ["ep_problem", "reference_moe", "ep_forward_backward", "ep_error", "ep_timing", "RandomBatches",
