@@ -150,8 +150,8 @@ class ExpertParallelMoE(nn.Module):
         w = moe.experts.gate_up_proj
         self.experts = RoutedExperts(config, self.first_expert, self.local_experts, seed=moe.experts.seed).to(
             device=w.device, dtype=w.dtype)
-        lo, hi = self.first_expert - moe.experts.first_expert, self.first_expert - moe.experts.first_expert + \
-            self.local_experts
+        lo = self.first_expert - moe.experts.first_expert  # this rank's experts inside the layer's slice
+        hi = lo + self.local_experts
         if lo < 0 or hi > moe.experts.num_local_experts:
             raise ValueError(f"from_moe needs a layer holding experts [{self.first_expert}, "
                              f"{self.first_expert + self.local_experts}); it holds "
