@@ -98,6 +98,21 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from .train import TrainConfig
     from .utils import seed_everything
 
+    _at_least(args.nproc, 1, "--nproc")
+    rank, trainer_cls = 0, None
+    if args.nproc > 1 or int(os.environ.get("WORLD_SIZE", "1")) > 1:  # data parallel, under torchrun
+        from .distributed import DataParallelTrainer, init_from_env, torchrun_command
+
+        nproc = int(os.environ.get("WORLD_SIZE", args.nproc))
+        if args.batch_size % nproc:
+            raise CLIError(f"--batch-size {args.batch_size} is invalid with --nproc {nproc}: "
+                           f"each process takes an equal share, so it must be divisible by {nproc}")
+        if "WORLD_SIZE" not in os.environ:  # relaunch this command as nproc processes
+            import subprocess
+
+            return subprocess.run(torchrun_command(nproc, args.argv, drop="--nproc")).returncode
+        rank, trainer_cls = init_from_env()[0], DataParallelTrainer
+    print_ = print if rank == 0 else (lambda *a, **k: None)
     _at_least(args.steps, 1, "--steps")
     _at_least(args.batch_size, 1, "--batch-size")
     _at_least(args.digits, 1, "--digits")
@@ -122,14 +137,17 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.max_len < longest:
         raise CLIError(f"--max-len {args.max_len} is shorter than the longest training example ({longest} tokens "
                        f"with bos and eos, at --digits {args.digits}): use --max-len {longest} or more")
-    print(f"{args.preset}: {count_parameters(config):,} parameters ({count_parameters(config, active=True):,} active "
+    print_(f"{args.preset}: {count_parameters(config):,} parameters ({count_parameters(config, active=True):,} active "
           f"per token); {len(splits['train']):,} training problems of up to {args.digits} digits")
     cfg = TrainConfig(steps=args.steps, lr=args.lr, warmup_steps=max(1, args.steps // 10),
                       eval_every=max(1, args.steps // 4), seed=args.seed)
-    run = pretrain(config, cfg, tok, batch_size=args.batch_size, seed=args.seed, task=task, splits=splits)
+    run = pretrain(config, cfg, tok, batch_size=args.batch_size, seed=args.seed, task=task, splits=splits,
+                   **({"trainer_cls": trainer_cls} if trainer_cls else {}))
     for e in run.trainer.evals:
-        print(f"step {e['step']:>5}: validation exact match {e['exact_match']:.1%}")
-    out = run.trainer.save(folder)
+        print_(f"step {e['step']:>5}: validation exact match {e['exact_match']:.1%}")
+    out = run.trainer.save(folder)  # rank 0 writes, under data parallelism
+    if rank != 0:
+        return 0
     tok.save(out / "tokenizer.json")
     run.trainer.write_csv(out / "metrics.csv")
     written = ", ".join(sorted(p.name for p in out.iterdir() if p.is_file()))
@@ -200,6 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-len", type=int, default=64, help="longest sequence the model serves")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--nproc", type=int, default=1, help="data-parallel processes, launched with torchrun (default 1)")
     p.set_defaults(func=_cmd_train)
     p = sub.add_parser("generate", help="complete prompts with a trained checkpoint")
     p.add_argument("--ckpt", required=True, help="checkpoint folder written by `mlakit train`")
@@ -221,6 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # what `mlakit train --nproc N` relaunches
     try:
         return args.func(args)
     except CLIError as e:

@@ -82,12 +82,14 @@ class PretrainRun:
 def pretrain(config: ModelConfig, train_config: TrainConfig, tokenizer: CharTokenizer | None = None,
              digits: int = 2, batch_size: int = 64, seed: int = 0, task: AdditionTask | None = None,
              splits: dict[str, list[Problem]] | None = None, eval_problems: int = EVAL_PROBLEMS,
-             desc: str = "pretraining") -> PretrainRun:
+             desc: str = "pretraining", trainer_cls: type[Trainer] = Trainer) -> PretrainRun:
     """Build the data and a freshly seeded model, train it; returns the :class:`PretrainRun`.
 
     ``task`` and ``splits`` default to :func:`addition_splits` (``digits``, ``seed``);
     pass them to train on splits you already hold. The model is built right after
     ``seed_everything(seed)``, so a run depends on nothing that ran before it.
+    ``trainer_cls`` is the Trainer or a subclass taking its arguments
+    (:class:`mlakit.distributed.DataParallelTrainer` under torchrun).
     """
     tokenizer = tokenizer or CharTokenizer()
     if (task is None) != (splits is None):
@@ -97,7 +99,7 @@ def pretrain(config: ModelConfig, train_config: TrainConfig, tokenizer: CharToke
     batches = LMBatches(encode_problems(splits["train"], tokenizer), batch_size, tokenizer.pad_id, seed=seed)
     seed_everything(seed)
     model = MiniDeepSeek(config)
-    trainer = Trainer(model, train_config, batches, exact_match_eval(tokenizer, splits["validation"], task.verify,
+    trainer = trainer_cls(model, train_config, batches, exact_match_eval(tokenizer, splits["validation"], task.verify,
                                                                       eval_problems))
     trainer.train(desc=desc)
     return PretrainRun(trainer, tokenizer, task, splits, batches)

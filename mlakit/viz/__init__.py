@@ -13,6 +13,8 @@
   (:func:`plot_accuracy_curves`), R1's distilled models beside RL (:func:`plot_r1_distillation`).
 - :mod:`mlakit.viz.kernels`: GPU kernels: a roofline with kernels placed on it (:func:`plot_roofline`),
   split-KV decoding's splits over a batch of cached sequences (:func:`plot_split_kv`).
+- :mod:`mlakit.viz.scaling`: a 1F1B timeline (:func:`plot_pipeline_timeline`), the bubbles of 1F1B, ZB1P and
+  DualPipe against PP (:func:`plot_bubbles`), compute hiding communication (:func:`plot_overlap`).
 """
 
 from .cache import (
@@ -28,6 +30,7 @@ from .data import plot_contamination, plot_data_funnel, plot_pass_at_k, plot_s_c
 from .kernels import plot_roofline, plot_split_kv
 from .moe import plot_active_parameters, plot_expert_load, plot_max_violation
 from .rl import plot_grpo, plot_pass_maj_at_k
+from .scaling import plot_bubbles, plot_overlap, plot_pipeline_timeline
 from .sft import final_accuracies, plot_accuracy_curves, plot_r1_distillation
 from .train import plot_training
 
@@ -36,4 +39,5 @@ __all__ = ["cache_table", "models_table", "plot_cache_vs_context", "measure_cach
            "parameter_count", "plot_expert_load", "plot_max_violation", "plot_active_parameters", "plot_training",
            "plot_data_funnel", "plot_s_curve", "plot_pass_at_k", "plot_contamination",
            "plot_grpo", "plot_pass_maj_at_k", "plot_accuracy_curves", "plot_r1_distillation", "final_accuracies",
-           "plot_roofline", "plot_split_kv"]
+           "plot_roofline", "plot_split_kv",
+           "plot_pipeline_timeline", "plot_bubbles", "plot_overlap"]

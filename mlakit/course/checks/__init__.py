@@ -122,6 +122,14 @@ from .lesson12 import (
     reference_mla_decode_cost,
     reference_online_softmax_step,
 )
+from .lesson13 import (
+    check_bytes_per_token,
+    check_pipeline_bubble,
+    check_split_sizes,
+    reference_bytes_per_token,
+    reference_pipeline_bubble,
+    reference_split_sizes,
+)
 
 __all__ = [
     # the result format and the fallback
@@ -163,4 +171,7 @@ __all__ = [
     # lesson 12: GPU kernels
     "reference_mla_decode_cost", "check_mla_decode_cost", "reference_online_softmax_step",
     "check_online_softmax_step", "reference_merge_splits", "check_merge_splits",
+    # lesson 13: scaling out
+    "reference_bytes_per_token", "check_bytes_per_token", "reference_split_sizes", "check_split_sizes",
+    "reference_pipeline_bubble", "check_pipeline_bubble",
 ]
