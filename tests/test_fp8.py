@@ -208,3 +208,11 @@ def test_bytes_per_element():
     assert fp8.bytes_per_element((128, 128)) == 1 + 4 / 16384
     q = fp8.quantize(torch.ones(4, 256))
     assert q.nbytes() == 4 * 256 + 8 * 4
+
+
+@pytest.mark.parametrize("shape, tile", [((64, 256), (1, 128)), ((192, 48), (128, 128)), ((37, 300), (1, 128)),
+                                         ((300, 37), (128, 128)), ((5, 7), (5, 7))])
+def test_the_training_path_quantises_as_the_checked_one(shape, tile):
+    x = _heavy_tailed(*shape, seed=7)
+    assert torch.equal(fp8._fake_quantize_fast(x, tile), fp8.fake_quantize(x, tile))
+    assert torch.equal(fp8._fake_quantize_fast(x.T, tile), fp8.fake_quantize(x.T.contiguous(), tile))

@@ -114,6 +114,14 @@ from .lesson10 import (
     reference_group_advantages,
     reference_kl_k3,
 )
+from .lesson14 import (
+    check_promoted_sum,
+    check_quantize_1x128,
+    check_training_gpu_hours,
+    reference_promoted_sum,
+    reference_quantize_1x128,
+    reference_training_gpu_hours,
+)
 
 __all__ = [
     # the result format and the fallback
@@ -152,4 +160,7 @@ __all__ = [
     # lesson 10: GRPO
     "reference_group_advantages", "check_group_advantages", "reference_clipped_objective", "check_clipped_objective",
     "reference_kl_k3", "check_kl_k3", "reference_aggregate_loss", "check_aggregate_loss",
+    # lesson 14: cost and FP8
+    "reference_training_gpu_hours", "check_training_gpu_hours", "reference_quantize_1x128", "check_quantize_1x128",
+    "reference_promoted_sum", "check_promoted_sum",
 ]
