@@ -8,7 +8,14 @@ from learner import as_learner, assert_in_place_change_fails
 from mlakit import cost, fp8
 from mlakit.course import checks
 from mlakit.course.checks import FAIL, NOT_ATTEMPTED, PASS
-from mlakit.course.checks.lesson14 import _hours, _narrow, _promote_cases, _promoted, _tile_cases, _tiles
+from mlakit.course.checks.lesson14 import (
+    _hours,
+    _narrow,
+    _promote_cases,
+    _promoted,
+    _tile_cases,
+    _tiles,
+)
 
 
 def _not_done(*args, **kwargs):

@@ -11,6 +11,8 @@
   against step (:func:`plot_grpo`), pass@k and maj@k before and after RL (:func:`plot_pass_maj_at_k`).
 - :mod:`mlakit.viz.sft`: SFT and distillation: held-out accuracy of several runs against step
   (:func:`plot_accuracy_curves`), R1's distilled models beside RL (:func:`plot_r1_distillation`).
+- :mod:`mlakit.viz.fp8`: FP8: accumulation error against K (:func:`plot_accumulation_error`), 1x128 tile
+  scales (:func:`plot_tile_scales`), FP8 against full-precision training (:func:`plot_fp8_training`).
 """
 
 from .cache import (
@@ -23,6 +25,7 @@ from .cache import (
 )
 from .dashboard import CacheDashboard, cache_dashboard, parameter_count
 from .data import plot_contamination, plot_data_funnel, plot_pass_at_k, plot_s_curve
+from .fp8 import plot_accumulation_error, plot_fp8_training, plot_tile_scales
 from .moe import plot_active_parameters, plot_expert_load, plot_max_violation
 from .rl import plot_grpo, plot_pass_maj_at_k
 from .sft import final_accuracies, plot_accuracy_curves, plot_r1_distillation
@@ -32,4 +35,5 @@ __all__ = ["cache_table", "models_table", "plot_cache_vs_context", "measure_cach
            "plot_measured_vs_theory", "plot_v2_headline", "cache_dashboard", "CacheDashboard",
            "parameter_count", "plot_expert_load", "plot_max_violation", "plot_active_parameters", "plot_training",
            "plot_data_funnel", "plot_s_curve", "plot_pass_at_k", "plot_contamination",
-           "plot_grpo", "plot_pass_maj_at_k", "plot_accuracy_curves", "plot_r1_distillation", "final_accuracies"]
+           "plot_grpo", "plot_pass_maj_at_k", "plot_accuracy_curves", "plot_r1_distillation", "final_accuracies",
+           "plot_accumulation_error", "plot_tile_scales", "plot_fp8_training"]

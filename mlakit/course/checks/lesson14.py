@@ -14,7 +14,16 @@ import math
 
 import torch
 
-from ._core import Answer, _as_number, _close, _expect_sequence, _expect_tensor, _Fail, checker, diagnose
+from ._core import (
+    Answer,
+    _as_number,
+    _close,
+    _expect_sequence,
+    _expect_tensor,
+    _Fail,
+    checker,
+    diagnose,
+)
 
 E4M3_MAX = 448.0
 TILE = 128
