@@ -17,11 +17,16 @@ What V3 does, and what this module simulates on the CPU:
 - **GEMM.** :func:`fp8_gemm` computes ``a @ b.T`` from the quantised operands
   with one of three accumulators: ``"fp32"`` (an fp32 matmul of the
   dequantised values: what the training simulation uses), ``"narrow"`` (every
-  product added in order to a running sum kept to ``accumulator_bits``
-  significant bits, for the whole K) and ``"promoted"`` (the same narrow sum
-  over each chunk of ``promote_every`` = N_C = 128 elements, whose result is
-  multiplied by the two tiles' scales and added to an fp32 accumulator: V3's
-  promotion to CUDA cores).
+  raw E4M3 product added in order to a running sum kept to
+  ``accumulator_bits`` significant bits, for the whole K, the scales applied
+  at the end) and ``"promoted"`` (the same narrow sum over each chunk of
+  ``promote_every`` = N_C = 128 elements, whose result is multiplied by the
+  two tiles' scales and added to an fp32 accumulator: V3's promotion to CUDA
+  cores). A tensor core cannot apply a scale inside its sum, so ``"narrow"``
+  takes only operands with one scale per row along K (per-tensor or
+  row-wise scaling); fine-grained tiles need the promotion.
+  The products of two E4M3 values are exact (at most 8 significant bits), as
+  on the hardware; only the sums are rounded.
 - **The narrow accumulator is a model, not the hardware.** V3 reports that
   the H800's FP8 tensor cores keep about 14 bits of the accumulation and that
   the error reached nearly 2% at K = 4096. This module models that as a
@@ -173,7 +178,10 @@ def _fake_quantize_fast(x: torch.Tensor, tile: tuple[int, int]) -> torch.Tensor:
     R, C = x.shape
     tr, tc = min(tile[0], R), min(tile[1], C)
     nr, nc = -(-R // tr), -(-C // tc)
-    padded = F.pad(x.float(), (0, nc * tc - C, 0, nr * tr - R)).view(nr, tr, nc, tc)
+    padded = x.float()
+    if nr * tr != R or nc * tc != C:
+        padded = F.pad(padded, (0, nc * tc - C, 0, nr * tr - R))
+    padded = padded.reshape(nr, tr, nc, tc)
     amax = padded.abs().amax(dim=(1, 3), keepdim=True)  # (nr, 1, nc, 1)
     scale = torch.where(amax > 0, amax / E4M3_MAX, torch.ones_like(amax))
     q = (padded / scale).clamp(-E4M3_MAX, E4M3_MAX).to(E4M3).float() * scale
@@ -247,9 +255,10 @@ def fp8_gemm(a: torch.Tensor, b: torch.Tensor, *, tile_a=ACTIVATION_TILE, tile_b
     per-tensor scaling). Then, by ``accumulator``:
 
     - ``"fp32"``: an fp32 matmul of the dequantised operands (exact products, fp32 sums);
-    - ``"narrow"``: the dequantised products summed over all of K in a running sum rounded to
-      ``accumulator_bits`` after every addition (a model of an FP8 tensor core that never promotes;
-      the tiles' scales are applied to the products, which hardware can only do with per-tensor scales);
+    - ``"narrow"``: the raw E4M3 products summed over all of K in a running sum rounded to
+      ``accumulator_bits`` after every addition, then multiplied by the rows' scales (an FP8 tensor
+      core that never promotes). The scales must be constant along K: tiles at least K wide
+      (``tile_a=(1, K)``, ``tile_b=(1, K)`` for row-wise scaling, or the full shapes);
     - ``"promoted"``: per chunk of ``promote_every`` elements the raw E4M3 products are summed in
       that narrow accumulator, then multiplied by the two tiles' scales and added in fp32 (V3).
       Each chunk must lie inside one tile along K (``promote_every`` divides the tiles' widths).
@@ -264,11 +273,19 @@ def fp8_gemm(a: torch.Tensor, b: torch.Tensor, *, tile_a=ACTIVATION_TILE, tile_b
     qa, qb = quantize(a, tile_a), quantize(b, tile_b)
     if accumulator == "fp32":
         return dequantize(qa) @ dequantize(qb).T
+    K = a.shape[1]
     if accumulator == "narrow":
-        return _narrow_matmul(dequantize(qa), dequantize(qb), accumulator_bits, rounding).float()
+        for name, t in (("tile_a", qa.tile), ("tile_b", qb.tile)):
+            if t[1] < K:
+                raise ValueError(f"{name}={t} is invalid for accumulator='narrow': a tensor core cannot apply "
+                                 f"a scale inside its sum, so the scales must be constant along K = {K} (tiles "
+                                 f"at least {K} wide, such as (1, {K})); fine-grained tiles need "
+                                 "accumulator='promoted'")
+        partial = _narrow_matmul(qa.data.float(), qb.data.float(), accumulator_bits, rounding)  # E4M3 units
+        scale = qa.scale_per_element()[:, :1].double() * qb.scale_per_element()[:, :1].double().T  # (M, N)
+        return (partial * scale).float()
     if isinstance(promote_every, bool) or not isinstance(promote_every, int) or promote_every < 1:
         raise ValueError(f"promote_every={promote_every!r} is invalid: must be a positive integer")
-    K = a.shape[1]
     if any(t[1] % promote_every and t[1] < K for t in (qa.tile, qb.tile)):
         raise ValueError(f"promote_every={promote_every} is invalid for tiles {qa.tile} and {qb.tile}: it must "
                          "divide both tiles' widths along K, so that each chunk lies inside one tile (one scale)")

@@ -132,10 +132,17 @@ def test_gemm_accumulators_against_exact_products():
     torch.testing.assert_close(fp8.fp8_gemm(a, b, accumulator="fp32").double(), exact, rtol=1e-5, atol=1e-5)
     wide = fp8.fp8_gemm(a, b, accumulator="promoted", accumulator_bits=53)
     torch.testing.assert_close(wide.double(), exact, rtol=1e-5, atol=1e-5)
-    narrow = fp8.relative_error(fp8.fp8_gemm(a, b, accumulator="narrow"), exact)
     promoted = fp8.relative_error(fp8.fp8_gemm(a, b, accumulator="promoted"), exact)
+    rows = dict(tile_a=(1, 1024), tile_b=(1, 1024))  # row-wise scales: constant along K, as "narrow" needs
+    exact_rows = fp8.fake_quantize(a, (1, 1024)).double() @ fp8.fake_quantize(b, (1, 1024)).double().T
+    narrow = fp8.relative_error(fp8.fp8_gemm(a, b, accumulator="narrow", **rows), exact_rows)
+    wide_narrow = fp8.fp8_gemm(a, b, accumulator="narrow", accumulator_bits=53, **rows)
+    torch.testing.assert_close(wide_narrow.double(), exact_rows, rtol=1e-5, atol=1e-5)
     assert promoted < narrow / 5  # promotion every 128 cuts the narrow accumulator's error
     assert 1e-3 < narrow < 0.2
+    # promoting once per K is the narrow accumulator
+    once = fp8.fp8_gemm(a, b, accumulator="promoted", promote_every=1024, **rows)
+    torch.testing.assert_close(once, fp8.fp8_gemm(a, b, accumulator="narrow", **rows), rtol=1e-6, atol=1e-6)
 
 
 def test_gemm_quantisation_error_matches_the_e4m3_scale_of_things():
@@ -156,6 +163,7 @@ def test_gemm_quantisation_error_matches_the_e4m3_scale_of_things():
     (lambda: fp8.fp8_gemm(torch.ones(2, 8), torch.ones(3, 4)), "b has 4 columns"),
     (lambda: fp8.fp8_gemm(torch.ones(2, 8), torch.ones(3, 8), accumulator="bf16"), "accumulator='bf16'"),
     (lambda: fp8.fp8_gemm(torch.ones(2, 256), torch.ones(3, 256), promote_every=256), "promote_every=256"),
+    (lambda: fp8.fp8_gemm(torch.ones(2, 256), torch.ones(3, 256), accumulator="narrow"), "tile_a=(1, 128)"),
     (lambda: fp8.round_mantissa(torch.ones(1), 1), "bits=1"),
     (lambda: fp8.accumulate(torch.ones(2, 4), rounding="up"), "rounding='up'"),
     (lambda: fp8.accumulate(torch.ones(2, 4), promote_every=0), "promote_every=0"),
