@@ -178,11 +178,15 @@ def _fake_quantize_fast(x: torch.Tensor, tile: tuple[int, int]) -> torch.Tensor:
     R, C = x.shape
     tr, tc = min(tile[0], R), min(tile[1], C)
     nr, nc = -(-R // tr), -(-C // tc)
-    padded = x.float()
+    padded = x.float().contiguous()
     if nr * tr != R or nc * tc != C:
         padded = F.pad(padded, (0, nc * tc - C, 0, nr * tr - R))
-    padded = padded.reshape(nr, tr, nc, tc)
-    amax = padded.abs().amax(dim=(1, 3), keepdim=True)  # (nr, 1, nc, 1)
+    if tr == 1:  # rows of tiles: reduce the contiguous last axis only
+        padded = padded.view(nr, nc, tc)
+        amax = padded.abs().amax(dim=-1, keepdim=True)  # (nr, nc, 1)
+    else:
+        padded = padded.view(nr, tr, nc, tc)
+        amax = padded.abs().amax(dim=(1, 3), keepdim=True)  # (nr, 1, nc, 1)
     scale = torch.where(amax > 0, amax / E4M3_MAX, torch.ones_like(amax))
     q = (padded / scale).clamp(-E4M3_MAX, E4M3_MAX).to(E4M3).float() * scale
     return q.view(nr * tr, nc * tc)[:R, :C]
