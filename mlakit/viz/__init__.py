@@ -15,6 +15,8 @@
   split-KV decoding's splits over a batch of cached sequences (:func:`plot_split_kv`).
 - :mod:`mlakit.viz.scaling`: a 1F1B timeline (:func:`plot_pipeline_timeline`), the bubbles of 1F1B, ZB1P and
   DualPipe against PP (:func:`plot_bubbles`), compute hiding communication (:func:`plot_overlap`).
+- :mod:`mlakit.viz.fp8`: FP8: accumulation error against K (:func:`plot_accumulation_error`), 1x128 tile
+  scales (:func:`plot_tile_scales`), FP8 against full-precision training (:func:`plot_fp8_training`).
 """
 
 from .cache import (
@@ -27,6 +29,7 @@ from .cache import (
 )
 from .dashboard import CacheDashboard, cache_dashboard, parameter_count
 from .data import plot_contamination, plot_data_funnel, plot_pass_at_k, plot_s_curve
+from .fp8 import plot_accumulation_error, plot_fp8_training, plot_tile_scales
 from .kernels import plot_roofline, plot_split_kv
 from .moe import plot_active_parameters, plot_expert_load, plot_max_violation
 from .rl import plot_grpo, plot_pass_maj_at_k
@@ -40,4 +43,5 @@ __all__ = ["cache_table", "models_table", "plot_cache_vs_context", "measure_cach
            "plot_data_funnel", "plot_s_curve", "plot_pass_at_k", "plot_contamination",
            "plot_grpo", "plot_pass_maj_at_k", "plot_accuracy_curves", "plot_r1_distillation", "final_accuracies",
            "plot_roofline", "plot_split_kv",
-           "plot_pipeline_timeline", "plot_bubbles", "plot_overlap"]
+           "plot_pipeline_timeline", "plot_bubbles", "plot_overlap",
+           "plot_accumulation_error", "plot_tile_scales", "plot_fp8_training"]

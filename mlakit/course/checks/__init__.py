@@ -130,6 +130,14 @@ from .lesson13 import (
     reference_pipeline_bubble,
     reference_split_sizes,
 )
+from .lesson14 import (
+    check_promoted_sum,
+    check_quantize_1x128,
+    check_training_gpu_hours,
+    reference_promoted_sum,
+    reference_quantize_1x128,
+    reference_training_gpu_hours,
+)
 
 __all__ = [
     # the result format and the fallback
@@ -174,4 +182,7 @@ __all__ = [
     # lesson 13: scaling out
     "reference_bytes_per_token", "check_bytes_per_token", "reference_split_sizes", "check_split_sizes",
     "reference_pipeline_bubble", "check_pipeline_bubble",
+    # lesson 14: cost and FP8
+    "reference_training_gpu_hours", "check_training_gpu_hours", "reference_quantize_1x128", "check_quantize_1x128",
+    "reference_promoted_sum", "check_promoted_sum",
 ]
