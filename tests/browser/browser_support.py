@@ -25,6 +25,16 @@ START_TIMEOUT = 240  # seconds for a server to answer: JupyterLab takes a while 
 ROOT_FLAG = ["--allow-root"] if hasattr(os, "getuid") and os.getuid() == 0 else []
 
 
+def missing(reason: str):
+    """Skip the test with ``reason``; fail it instead where the browser tests are required
+    (MLAKIT_BROWSER_REQUIRED=1, as .ci/run sets it)."""
+    import pytest
+
+    if os.environ.get("MLAKIT_BROWSER_REQUIRED") == "1":
+        pytest.fail(f"{reason} (MLAKIT_BROWSER_REQUIRED=1)", pytrace=False)
+    pytest.skip(reason)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -11,16 +11,9 @@ import re
 from pathlib import Path
 
 import pytest
-from browser_support import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS
+from browser_support import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, missing
 
 VIEWPORT = {"width": 1280, "height": 1000}  # a laptop's browser window
-
-
-def missing(reason: str):
-    """Skip (or, where the browser tests are required, fail) with ``reason``."""
-    if os.environ.get("MLAKIT_BROWSER_REQUIRED") == "1":
-        pytest.fail(f"{reason} (MLAKIT_BROWSER_REQUIRED=1)", pytrace=False)
-    pytest.skip(reason)
 
 
 @pytest.fixture(scope="module")
