@@ -21,6 +21,7 @@ import argparse
 import importlib.util
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -86,14 +87,24 @@ def run(args: argparse.Namespace) -> int:
               flush=True)
         proc = subprocess.Popen(voila_command(notebook, args.port, token, open_browser=not args.no_browser),
                                 cwd=folder)
+        previous = signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops Voila and its kernels too
         try:
             return proc.wait()
         except KeyboardInterrupt:
             proc.terminate()
-            proc.wait(timeout=30)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
             return 0
+        finally:
+            signal.signal(signal.SIGTERM, previous)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 def register(sub) -> None:

@@ -8,6 +8,7 @@ import json
 import os
 import re
 import secrets
+import signal
 import socket
 import subprocess
 import sys
@@ -87,13 +88,18 @@ class Server:
                            + self.log.read_text()[-3000:])
 
     def stop(self) -> None:
+        """End the server, then whatever it started and left behind (its kernels: the process group)."""
         if self.proc.poll() is None:
             self.proc.terminate()
             try:
-                self.proc.wait(timeout=20)
+                self.proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(timeout=20)
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)  # the group of the server: only what it started
+        except (ProcessLookupError, PermissionError):
+            pass
         self._log_file.close()
 
 
