@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import shutil
 
 import pytest
-from browser_support import ROOT, WIDGET_ERROR, exercise_dashboard, start_lab
+from browser_support import ROOT, WIDGET_ERROR, control, exercise_dashboard, readout, start_lab
+
+from mlakit.config import ModelConfig
+from mlakit.kvcache import decompose_v2_headline
 
 pytestmark = pytest.mark.browser
 
@@ -104,17 +106,12 @@ def test_default_dashboard_follows_its_controls(lesson04, shot):
     seen = exercise_dashboard(out, start, [("context", -2), ("model", "deepseek-v2-lite", "deepseek-v2-lite"),
                                            ("precision", "fp8")])
     assert seen[-1] == {**start, "context": 32 * 1024, "model": "deepseek-v2-lite", "precision": "fp8"}
-    # the MLA sliders took the new model's values
-    from mlakit.config import ModelConfig
-
+    # the MLA sliders took the new model's values, and are enabled for an MLA model
     lite = ModelConfig.from_preset("deepseek-v2-lite")
-    from browser_support import readout
-
+    assert control(out, "kv_lora_rank d_c").locator("[disabled]").count() == 0
     assert readout(out, "kv_lora_rank d_c") == str(lite.kv_lora_rank)
     assert readout(out, "rope dim d_h^R") == str(lite.qk_rope_head_dim)
     # the second tab: DeepSeek-V2's headline split in two
-    from mlakit.kvcache import decompose_v2_headline
-
     out.locator(".lm-TabBar-tab").filter(has_text="V2 headline").click()
     headline = out.locator(".widget-html-content").filter(has_text="reduced by 93.3%").first
     headline.wait_for(state="visible")
@@ -132,12 +129,11 @@ def test_served_dashboard_follows_its_controls(lesson04, shot):
     out = nb.run_dashboard(nb.index(lambda s: s.strip() == "v3_served"))
     shot(out)
     start = {"model": "deepseek-v3", "context": 128 * 1024, "batch": 32, "precision": "fp8", "gpu": "H200"}
-    assert re.fullmatch(r"32", out.locator(".widget-readout").nth(1).inner_text().strip())  # the batch slider
+    assert readout(out, "batch size") == "32"
     seen = exercise_dashboard(out, start, [("context", 1), ("model", "deepseek-v3-mha", "deepseek-v3, with MHA"),
                                            ("precision", "6-bit"), ("gpu", "H100", "80 GB H100")])
     assert seen[-1]["context"] == 256 * 1024
     # plain MHA: the MLA sliders are disabled
-    from browser_support import control
-
-    assert control(out, "kv_lora_rank d_c").locator(".noUi-target[disabled], [disabled]").count() > 0
+    for name in ("kv_lora_rank d_c", "rope dim d_h^R"):
+        assert control(out, name).locator("[disabled]").count() > 0, f"{name} is not disabled for MHA"
     assert nb.page.get_by_text(WIDGET_ERROR).count() == 0
