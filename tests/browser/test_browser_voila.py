@@ -35,15 +35,6 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
         return None  # a redirect is answered as an HTTPError, not followed
 
 
-def test_voila_needs_its_token(voila):
-    opener = urllib.request.build_opener(_NoRedirect)
-    for url in (f"{voila.base}/", f"{voila.base}/?token=wrong"):
-        with pytest.raises(urllib.error.HTTPError) as err:
-            opener.open(url, timeout=60)
-        assert err.value.code in (302, 403), url  # to the login page, or refused
-        assert "login" in err.value.headers.get("Location", "login"), url
-
-
 @pytest.fixture
 def voila_page(browser, voila):
     context = browser.new_context(viewport={"width": 1280, "height": 1000})
@@ -51,6 +42,20 @@ def voila_page(browser, voila):
     page.set_default_timeout(TIMEOUT)
     yield page
     context.close()
+
+
+def test_voila_needs_its_token(voila, voila_page, shot):
+    opener = urllib.request.build_opener(_NoRedirect)
+    for url in (f"{voila.base}/", f"{voila.base}/?token=wrong"):
+        with pytest.raises(urllib.error.HTTPError) as err:
+            opener.open(url, timeout=60)
+        assert err.value.code in (302, 403), url  # to the login page, or refused
+        assert "login" in err.value.headers.get("Location", "login"), url
+    page = voila_page  # in the browser: the login page, no dashboard
+    page.goto(f"{voila.base}/?token=wrong")
+    shot(page)
+    assert "/login" in page.url
+    assert page.locator(".widget-tab, .jupyter-widgets").count() == 0
 
 
 def test_mlakit_dashboard_follows_its_controls(voila, voila_page, shot):
