@@ -14,14 +14,20 @@ export OMP_WAIT_POLICY ?= PASSIVE
 BENCHES := bench/mla_decode.py bench/moe_dispatch.py bench/generate.py bench/kv_cache.py bench/dedup.py bench/grpo.py
 # pytest-xdist workers for make test; --dist loadscope keeps each notebook on one worker (nbval needs it)
 JOBS   ?= 2
+# The Chromium the browser tests drive (Debian/Ubuntu: apt-get install chromium); without it they skip
+export MLAKIT_CHROMIUM ?= /usr/bin/chromium
+SITE_STAMP := $(VENV)/.installed-site
 NBVAL_FLAGS := --nbval-lax --nbval-current-env --nbval-cell-timeout=300 --nbval-sanitize-with tests/nbval_sanitize.cfg
 
-.PHONY: help venv lab test test-fast test-unit test-notebooks lint notebooks exercises grade bench doctor clean
+.PHONY: help venv lab test test-fast test-unit test-notebooks lint notebooks exercises grade bench doctor clean \
+	site test-browser
 
 help:
 	@echo "make lab        open the course in JupyterLab (creates .venv on first use)"
 	@echo "make test       lint, unit tests and notebook validation (every lesson and solution, once)"
 	@echo "make test-fast  lint and unit tests, no notebook execution (the inner loop)"
+	@echo "make site       build the course website from the executed notebooks: build/site/_build/html"
+	@echo "make test-browser  only the browser tests (JupyterLab, mlakit dashboard, the site) in Chromium"
 	@echo "make notebooks  re-execute notebooks/ and solutions/ in place, then rebuild exercises/ (authors)"
 	@echo "make exercises  regenerate exercises/ from solutions/"
 	@echo "make grade NB=exercises/01_attention_and_kv_cache.ipynb   grade a notebook"
@@ -32,7 +38,7 @@ $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "$(TORCH)" numpy
-	$(BIN)/python -m pip install --quiet -e ".[course,dev]"
+	$(BIN)/python -m pip install --quiet -e ".[course,dev,browser]"
 	$(BIN)/python -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "mlakit (.venv)" >/dev/null
 	@touch $(STAMP)
 
@@ -55,18 +61,31 @@ test-unit: $(STAMP)
 
 test-fast: $(STAMP)
 	$(BIN)/ruff check mlakit tests bench scripts
-	MLAKIT_PROGRESS=0 $(BIN)/python -m pytest -q -n $(JOBS) -m "not notebooks" tests
+	MLAKIT_PROGRESS=0 $(BIN)/python -m pytest -q -n $(JOBS) -m "not notebooks and not browser" tests
 
 test-notebooks: $(STAMP)
 	$(BIN)/python -m pytest -q $(NBVAL_FLAGS) notebooks solutions
 
 test: $(STAMP)
+	@test -x $(MLAKIT_CHROMIUM) || echo "make test: no Chromium at $(MLAKIT_CHROMIUM): the browser tests will be SKIPPED (apt-get install chromium)"
+	@test -f build/site/_build/html/index.html || echo "make test: no site built: its browser test will be SKIPPED (make site)"
 	@start=$$(date +%s); \
 	$(BIN)/ruff check mlakit tests bench scripts && \
 	MLAKIT_PROGRESS=0 $(BIN)/python -m pytest -q -n $(JOBS) --dist loadscope tests $(NBVAL_FLAGS) notebooks solutions; \
 	status=$$?; \
 	echo "make test: wall time $$(( $$(date +%s) - start )) s"; \
 	exit $$status
+
+test-browser: $(STAMP)
+	MLAKIT_PROGRESS=0 $(BIN)/python -m pytest -q -m browser tests/browser
+
+$(SITE_STAMP): pyproject.toml $(STAMP)
+	$(BIN)/python -m pip install --quiet -e ".[site]"
+	@touch $(SITE_STAMP)
+
+# The notebooks as committed (no re-execution), warnings as errors
+site: $(SITE_STAMP)
+	$(BIN)/python scripts/build_site.py --strict
 
 notebooks: $(STAMP)
 	$(BIN)/python scripts/run_notebooks.py notebooks/*.ipynb $(wildcard solutions/*.ipynb)

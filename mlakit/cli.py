@@ -1,4 +1,4 @@
-"""The ``mlakit`` command: doctor, cache, exercises build/check, grade, train, generate."""
+"""The ``mlakit`` command: doctor, cache, exercises build/check, grade, train, generate, dashboard."""
 
 from __future__ import annotations
 
@@ -235,6 +235,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .rl.cli import register as register_grpo
 
     register_grpo(sub)  # mlakit grpo
+    from .viz.app import register as register_dashboard
+
+    register_dashboard(sub)  # mlakit dashboard (Voila)
     return parser
 
 
