@@ -40,7 +40,7 @@ def _writable_folder(out: str) -> Path:
         raise CLIError(f"--out {out} is an existing file, not a folder: choose a folder for the checkpoint")
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / ".mlakit-write-test"
+        probe = folder / f".mlakit-write-test-{os.getpid()}"  # one per process: data-parallel ranks check at once
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as e:
