@@ -396,3 +396,82 @@ def test_lesson_04_saves_its_dashboards_with_a_png():
                 assert {states[m]["model_name"] for m in seen} >= {"TabModel", "OutputModel", "ToggleButtonsModel"}
     assert shown >= 2  # the dashboard of section 4 and the one of the served setting
     assert rn.keep_displayed_widgets(nb) == 0  # nothing saved that is not shown
+
+
+# ---------------------------------------------------------------- numbers and plot together
+def test_numbers_and_plot_reach_the_page_together(dash, monkeypatch):
+    """An update draws the PNG first, then sends the plot and the numbers back to back: the numbers never
+    reach the page while the picture of their state is still being drawn (they arrived ~0.5 s before it)."""
+    sent = []
+    send = ipywidgets.Widget._send
+
+    def record(self, msg, buffers=None):
+        if msg.get("method") == "update":
+            sent.append((self, set(msg["state"])))
+        return send(self, msg, buffers)
+
+    monkeypatch.setattr(ipywidgets.Widget, "_send", record)
+    render = dash.render
+
+    def slow_render():  # a busy kernel: anything sent while drawing shows a state without its picture
+        out = render()
+        sent.append(("rendered", None))
+        return out
+
+    monkeypatch.setattr(dash, "render", slow_render)
+    for move in ({"context": 4096}, {"precision": "fp8"}, {"gpu": "H200"}, {"preset": "deepseek-v2-lite"}):
+        sent.clear()
+        dash.set(**move)
+        views = [(w, keys) for w, keys in sent if w in (dash.plot, dash.numbers)]
+        assert [w for w, _ in views] == [dash.plot, dash.numbers], move  # one message each, the picture first
+        assert views[0][1] == {"outputs"} and views[1][1] == {"value"}, move
+        first_view = next(i for i, (w, _) in enumerate(sent) if w in (dash.plot, dash.numbers))
+        assert ("rendered", None) in sent[:first_view], move  # drawn before either view changed
+        assert sent[first_view + 1][0] is dash.numbers, move  # nothing between the two
+    png = base64.b64decode(dash.plot.outputs[0]["data"]["image/png"])
+    assert dash.state["precision"] == "fp8" and "(fp8)" in dash.numbers.value
+    assert any(t.get_text() == "KV cache (GB, fp8, batch 1)" for t in [dash.ax.yaxis.label]) and png[:4] == b"\x89PNG"
+
+
+# ---------------------------------------------------------------- the legend inside the figure
+LEGEND_CASES = [  # every legend the plot can have: 1 GPU, a node of 8, no fit, plain MHA, the longest labels
+    ("deepseek-v3", {"precision": "fp8", "gpu": "H200"}),  # "left for the cache on 8 GPUs"
+    ("deepseek-v3", {}),  # weights exceed a node: no "left for" line
+    ("deepseek-v2-lite", {"precision": "fp8"}),  # "left for the cache on 1 GPU"
+    ("deepseek-v2-lite-mha", {"precision": "6-bit", "gpu": "H200", "batch_size": 128}),
+    ("llama3-70b-gqa", {"precision": "fp32"}),
+    ("nano", {"context": 1024}),
+]
+
+
+@pytest.mark.parametrize(("preset", "values"), LEGEND_CASES)
+def test_legend_lies_inside_the_figure(preset, values):
+    """The legend, the title and the axis labels lie inside the figure (the PNG), and the legend does not
+    cover the axes or their tick labels: "left for the cache on 8 GPUs" was cut at the right edge."""
+    d = cache_dashboard(preset, **values)
+    fig, ax = d.figure, d.ax
+    fig.canvas.draw()  # what savefig draws
+    renderer = fig.canvas.get_renderer()
+    legend = ax.get_legend()
+    texts = [t.get_text() for t in legend.get_texts()]
+    assert "chosen context" in texts and texts[0] == "MHA"
+    if values.get("gpu") == "H200" and preset == "deepseek-v3":
+        assert "left for the cache on 8 GPUs" in texts
+    page = fig.bbox
+    boxes = {"legend": legend.get_window_extent(renderer), "title": ax.title.get_window_extent(renderer),
+             "x label": ax.xaxis.label.get_window_extent(renderer), "y label": ax.yaxis.label.get_window_extent(renderer)}
+    for name, box in boxes.items():
+        assert page.x0 <= box.x0 and box.x1 <= page.x1 and page.y0 <= box.y0 and box.y1 <= page.y1, (name, box, page)
+    axes = ax.xaxis.get_tightbbox(renderer)  # the axes' bottom edge, its tick labels and the x label
+    assert boxes["legend"].y1 <= min(axes.y0, ax.get_window_extent(renderer).y0), (boxes["legend"], axes)
+    assert ax.get_window_extent(renderer).height >= 0.6 * page.height  # the plot keeps most of the figure
+
+
+def test_toggle_buttons_labels_sit_beside_their_buttons(dash):
+    """ipywidgets 8 draws a ToggleButtons' label above its buttons; the inline class puts it beside them,
+    right-aligned at the same width as the sliders' labels (which their views give that class)."""
+    for name in ("precision", "gpu"):
+        control = dash.controls[name]
+        assert isinstance(control, ipywidgets.ToggleButtons)
+        assert {"widget-inline-hbox", "jupyter-widget-inline-hbox"} <= set(control._dom_classes), name
+        assert control.style.description_width == dash.controls["context"].style.description_width

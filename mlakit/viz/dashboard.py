@@ -23,6 +23,14 @@ Activations, framework buffers and fragmentation are ignored, so real
 deployments fit less. The longest context is also not capped at the model's
 trained context (``max_position_embeddings``); the numbers show both.
 
+Numbers and plot change together: an update computes the numbers, draws the
+plot to a PNG, and only then hands both to the widgets, one right after the
+other, so the page never shows a plot of an earlier state beside the new
+numbers. Rapid moves are coalesced by the frontend: while the kernel works on
+one change of a control, ipywidgets keeps only the latest value of further
+changes and sends it when the kernel is idle, so a burst of keyboard steps
+ends with the plot and the numbers of the last step.
+
 For testing without a browser: callbacks are named methods
 (:meth:`CacheDashboard.on_preset`, :meth:`CacheDashboard.update`) that read
 the widget values, compute a small ``state`` dict and update the widgets, so
@@ -40,7 +48,12 @@ Layout (sizes in CSS px at ipywidgets' font size, 13 px): every control is
 whole label, its value and a slider's readout beside it; the numbers table
 (:data:`NUMBERS_PX`) sits beside the controls when the output area is wide
 enough (a notebook in a 1280 px browser window: about 1,100 px), below them
-otherwise; nothing shrinks, so nothing is cut or wraps. Where widgets cannot
+otherwise; nothing shrinks, so nothing is cut or wraps. Every label sits
+beside its control, right-aligned, the toggle buttons' too (ipywidgets 8
+stacks a ToggleButtons' label above its buttons unless it gets the inline
+class the sliders have). The plot's legend sits below the axes, in as many
+columns as fit the figure's width, with the bottom margin measured to hold
+it, so no label is cut at any setting. Where widgets cannot
 be drawn (a static view of the notebook, a web page made from it), the
 display shows a PNG of the dashboard's plot and a line of its numbers.
 """
@@ -87,6 +100,9 @@ WIDGET_MARGIN_PX = 2  # ipywidgets' margin around a control (--jp-widgets-margin
 BUTTON_PX = {"precision": 60, "gpu": 120}  # one toggle button; the longest labels: "6-bit", "141 GB H200"
 NUMBERS_PX = 500  # the table of numbers, beside the controls (below them when the output area is narrower)
 GAP_PX = 16  # between the controls and the table
+INLINE_CLASSES = ("widget-inline-hbox", "jupyter-widget-inline-hbox")  # ipywidgets 8: label beside, right-aligned
+FIGURE_IN = (8.5, 4.6)  # the plot, in inches at 100 dpi: 850 px wide, fits the output area at 1280 px
+LEGEND_FONT = 9
 
 
 def _model_choices() -> dict[str, str]:
@@ -170,6 +186,7 @@ class CacheDashboard:
         """A dashboard for ``preset`` with the controls named in ``values`` set (as :meth:`set` takes them)."""
         if preset not in MODEL_CHOICES:
             raise ValueError(f"unknown model {preset!r}; valid: {', '.join(MODEL_CHOICES)}")
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
 
         style = {"description_width": f"{LABEL_PX}px"}
@@ -196,6 +213,9 @@ class CacheDashboard:
             "qk_rope_head_dim": widgets.IntSlider(value=64, min=8, max=256, step=8, description="rope dim d_h^R",
                                                   style=style, layout=fixed(CONTROL_PX)),
         }
+        for name in ("precision", "gpu"):  # label beside the buttons, like the sliders' (see the docstring)
+            for cls in INLINE_CLASSES:
+                self.controls[name].add_class(cls)
         self.state: dict = {}
         self.numbers = widgets.HTML(layout=widgets.Layout(width=f"{NUMBERS_PX}px", flex="0 0 auto",
                                                           margin=f"0 0 0 {GAP_PX}px"))
@@ -203,7 +223,8 @@ class CacheDashboard:
         self.headline = widgets.HTML()
         self.headline_plot = widgets.Output()
         self.headline_numbers: dict = {}  # filled by show_headline, also in state["headline"]
-        self.figure = Figure(figsize=(8.5, 4.2))
+        self.figure = Figure(figsize=FIGURE_IN)
+        FigureCanvasAgg(self.figure)  # a renderer to measure the legend with (and to save the PNG)
         self.ax = None
         self._quiet = False  # True while on_preset or set() move several controls: one update at the end
 
@@ -249,8 +270,9 @@ class CacheDashboard:
         if state == self.state:  # e.g. an MLA slider moved while a model without MLA is shown
             return
         self.state = state
+        png = self.render()  # the slow part, before any widget changes
+        self.plot.outputs = (png,)  # then both views, back to back: the picture first (it takes longer to show)
         self.numbers.value = self.numbers_html()
-        self.draw()
 
     def set(self, **values) -> None:
         """Set several controls at once (``dash.set(preset="nano", context=4096)``) with a single update.
@@ -353,7 +375,12 @@ class CacheDashboard:
         return f"<table style='font-size:0.95em; width:100%; line-height:1.5'>{''.join(rows)}</table>"
 
     def draw(self) -> None:
-        """Redraw cache against context for the chosen model (and MHA for scale), marker at the chosen context."""
+        """Redraw the plot of ``state`` and show it (:meth:`update` does this together with the numbers)."""
+        self.plot.outputs = (self.render(),)
+
+    def render(self) -> dict:
+        """Draw cache against context for the chosen model (and MHA for scale), marker at the chosen context,
+        into ``figure``; the PNG as an output for ``plot`` (no widget is changed)."""
         s = self.state
         cfg = s["config"]
         kinds = ("mha",) if cfg.attn_type == "mha" else ("mha", cfg.attn_type)
@@ -367,10 +394,29 @@ class CacheDashboard:
         if s["gpus"] > 0 and s["free_gb"] > 0:
             ax.axhline(s["free_gb"], color="tab:gray", ls=":", lw=1.5,
                        label=f"left for the cache on {s['gpus']} GPU{'s' if s['gpus'] > 1 else ''}")
-        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=9)
-        self.figure.subplots_adjust(left=0.09, right=0.72, bottom=0.12, top=0.92)  # room for the legend
         self.ax = ax
-        self.plot.outputs = (_png_output(self.figure),)
+        self.layout_legend()
+        return _png_output(self.figure)
+
+    def layout_legend(self, pad_px: float = 6) -> None:
+        """Put the legend below the axes in as many columns as fit the figure's width (one row if it can),
+        then set the bottom margin to hold the axis' tick labels, its label and the legend, as measured."""
+        fig, ax = self.figure, self.ax
+        width, height = fig.bbox.width, fig.bbox.height
+        left, right, top = 0.09, 0.97, 0.92
+        fig.subplots_adjust(left=left, right=right, top=top, bottom=0.3)  # a first guess, to measure with
+        renderer = fig.canvas.get_renderer()
+        handles, labels = ax.get_legend_handles_labels()
+        for ncol in range(len(labels), 0, -1):
+            legend = ax.legend(handles, labels, loc="lower center", bbox_to_anchor=(0.5, 0),  # figure centre
+                               bbox_transform=fig.transFigure, ncol=ncol, fontsize=LEGEND_FONT, frameon=False,
+                               borderaxespad=0.2)
+            if legend.get_window_extent(renderer).width <= width - 2 * pad_px:
+                break
+        legend_px = legend.get_window_extent(renderer).height
+        axes_y0 = ax.get_window_extent(renderer).y0
+        below_axes_px = axes_y0 - ax.xaxis.get_tightbbox(renderer).y0  # tick labels and the x label
+        fig.subplots_adjust(bottom=(legend_px + below_axes_px + 2 * pad_px) / height)
 
     def show_headline(self) -> None:
         """Fill the "V2 headline" tab: the 93.3% split into architecture and quantisation."""

@@ -145,6 +145,7 @@ def start_voila(preset: str = "deepseek-v3", **options) -> Server:
 
 WIDGET_ERROR = "Error displaying widget"
 UPDATE_TIMEOUT = 60  # seconds for the kernel to answer a moved control (a redraw of the plot included)
+PLOT_LAG = 0.25  # seconds the plot may follow the numbers on the page: the browser's own work, not a redraw
 
 
 def control(root, label: str):
@@ -299,27 +300,86 @@ def expected_plot(settings: dict):
     return _pixels(dash.plot.outputs[0]["data"]["image/png"])
 
 
-def wait_for_plot(root, settings: dict, timeout: float = UPDATE_TIMEOUT) -> None:
-    """Wait until the dashboard's plot is the one of ``settings`` (the same pixels as the library draws
-    for them): a plot left behind by an earlier state, or one still on its way, fails after ``timeout``."""
-    want = expected_plot(settings)
+def plot_shows(src: str, want) -> bool:
+    """Whether the data URL ``src`` is the picture ``want`` (pixels, as :func:`expected_plot` gives)."""
+    if not src.startswith("data:image/png;base64,"):
+        return False
+    shown = _pixels(src.split(",", 1)[1])
+    return shown.shape == want.shape and float(abs(shown - want).max()) < 0.02
+
+
+SNAPSHOT = """root => {
+    const table = root.querySelector('.widget-html-content table'), img = root.querySelector('.widget-output img');
+    const rows = table ? Array.from(table.querySelectorAll('tr')) : [];
+    return {rows: rows.map(r => Array.from(r.querySelectorAll('td')).map(c => c.innerText.trim())),
+            src: img ? img.getAttribute('src') || '' : ''};
+}"""
+
+
+def expected(settings: dict) -> tuple[dict, object]:
+    """The numbers and the plot (pixels) the dashboard must show for ``settings``: computed before a move,
+    so that the page is watched from the moment the move is made."""
+    return expected_numbers(**settings), expected_plot(settings)
+
+
+def wait_for_numbers_and_plot(root, settings: dict, want: tuple | None = None,
+                              timeout: float = UPDATE_TIMEOUT) -> float:
+    """Wait until the numbers show ``settings``; the plot beside them must be the one of the same settings
+    in the same look at the page, or at most :data:`PLOT_LAG` seconds later (a plot of an earlier state
+    beside the new numbers fails). ``want``: :func:`expected` of ``settings``, if already computed.
+    Returns the lag seen, in s (0 when both came together)."""
+    want_numbers, want_plot = want or expected(settings)
     deadline = time.perf_counter() + timeout
-    last = None
+    while True:  # numbers and picture read in one evaluation: one instant of the page
+        snap = root.evaluate(SNAPSHOT)
+        shown = {row[0]: row[1] for row in snap["rows"] if len(row) == 2}
+        problems = mismatches(shown, want_numbers)
+        if not problems:
+            break
+        if time.perf_counter() > deadline:
+            raise AssertionError(f"after {timeout:.0f} s the dashboard for {settings} shows {shown}: "
+                                 + "; ".join(problems))
+        time.sleep(0.05)  # often enough to see new numbers well before a redraw (0.3 s or more) could follow
+    seen = time.perf_counter()
+    if plot_shows(snap["src"], want_plot):
+        return 0.0
     while True:
         src = plot_source(root)
-        if src != last and src.startswith("data:image/png;base64,"):
-            last = src
-            shown = _pixels(src.split(",", 1)[1])
-            if shown.shape == want.shape and float(abs(shown - want).max()) < 0.02:
-                return
-        if time.perf_counter() > deadline:
-            raise AssertionError(f"the plot does not show {settings} after {timeout:.0f} s")
-        time.sleep(0.3)
+        lag = time.perf_counter() - seen  # when the page was read (not counting the comparison)
+        if plot_shows(src, want_plot) and lag <= PLOT_LAG:
+            return lag
+        if lag > PLOT_LAG:
+            raise AssertionError(f"the numbers show {settings} but the plot beside them does not, {lag:.2f} s "
+                                 f"later (at most {PLOT_LAG} s): the plot lags behind the numbers")
+        time.sleep(0.05)
+
+
+LABEL_BOXES = """el => {
+    const label = el.querySelector(':scope > label'), next = label.nextElementSibling;
+    const a = label.getBoundingClientRect(), b = next.getBoundingClientRect();
+    return {right: a.right, top: a.top, bottom: a.bottom, next_left: b.left, next_top: b.top,
+            next_bottom: b.bottom, align: getComputedStyle(label).textAlign};
+}"""
+CONTROL_LABELS = ("model", "context", "batch size", "precision", "GPU", "kv_lora_rank d_c", "rope dim d_h^R")
+
+
+def assert_labels_beside_controls(root) -> None:
+    """Every control's label sits to the left of its control, on the same line, right-aligned, and all
+    labels end at the same x, to ipywidgets' own 2 px (the toggle buttons' labels were above their buttons)."""
+    rights = {}
+    for name in CONTROL_LABELS:
+        box = control(root, name).evaluate(LABEL_BOXES)
+        assert box["right"] <= box["next_left"] + 1, f"label {name!r} is not left of its control: {box}"
+        assert box["top"] < box["next_bottom"] and box["bottom"] > box["next_top"], f"label {name!r} not beside: {box}"
+        assert box["align"] == "right", f"label {name!r} is aligned {box['align']}"
+        rights[name] = box["right"]
+    assert max(rights.values()) - min(rights.values()) <= 3, f"labels end at different x: {rights}"  # ipywidgets: 2 px
 
 
 def exercise_dashboard(root, start: dict, moves: list[tuple]) -> list[dict]:
-    """Check the dashboard in ``root`` shows ``start`` (settings), then apply each move and check again:
-    the numbers are mlakit.kvcache's for the new settings, and the plot is the library's for them.
+    """Check the dashboard in ``root`` shows ``start`` (settings) with every label beside its control, then
+    apply each move and check again: the numbers are mlakit.kvcache's for the new settings, and the plot
+    beside them is the library's for the same settings as soon as they show (within :data:`PLOT_LAG`).
 
     A move is ("context", steps), ("model", value, dropdown label), ("precision", value) or ("gpu", value, label).
     Returns the settings after each move. The widgets must draw: no "Error displaying widget" in ``root``.
@@ -328,33 +388,33 @@ def exercise_dashboard(root, start: dict, moves: list[tuple]) -> list[dict]:
     from mlakit.viz.dashboard import CONTEXTS
 
     settings = dict(start)
-    wait_for_numbers(root, settings)
-    wait_for_plot(root, settings)
+    wait_for_numbers_and_plot(root, settings)
+    assert_labels_beside_controls(root)
     assert readout(root, "context") == context_label(settings["context"])
     seen = []
     for move in moves:
         kind = move[0]
+        if kind not in ("context", "model", "precision", "gpu"):
+            raise ValueError(f"unknown move {move}")
         if kind == "context":
-            index = CONTEXTS.index(settings["context"]) + move[1]
-            settings["context"] = CONTEXTS[index]
+            settings["context"] = CONTEXTS[CONTEXTS.index(settings["context"]) + move[1]]
+        else:
+            settings[kind] = move[1]
+        want = expected(settings)  # before the move: the page is watched from the moment it is made
+        if kind == "context":
             move_slider(root, "context", move[1])
             root.page.wait_for_function(
                 "([el, want]) => el.innerText.trim() === want",
                 arg=[control(root, "context").locator(".widget-readout").element_handle(),
                      context_label(settings["context"])], timeout=UPDATE_TIMEOUT * 1000)
         elif kind == "model":
-            settings["model"] = move[1]
             choose_model(root, move[2])
         elif kind == "precision":
-            settings["precision"] = move[1]
             press_toggle(root, "precision", move[1])
-        elif kind == "gpu":
-            settings["gpu"] = move[1]
-            press_toggle(root, "GPU", move[2])
         else:
-            raise ValueError(f"unknown move {move}")
-        wait_for_numbers(root, settings)
-        wait_for_plot(root, settings)
+            press_toggle(root, "GPU", move[2])
+        lag = wait_for_numbers_and_plot(root, settings, want)
+        print(f"{move}: the plot matched the numbers {lag:.2f} s after them")
         seen.append(dict(settings))
     assert root.get_by_text(WIDGET_ERROR).count() == 0, f"{WIDGET_ERROR} in the dashboard"
     return seen
