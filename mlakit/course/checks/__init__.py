@@ -114,6 +114,14 @@ from .lesson10 import (
     reference_group_advantages,
     reference_kl_k3,
 )
+from .lesson11 import (
+    check_choose_beta,
+    check_run_costs,
+    check_strict_reward,
+    reference_choose_beta,
+    reference_run_costs,
+    reference_strict_reward,
+)
 
 __all__ = [
     # the result format and the fallback
@@ -152,4 +160,7 @@ __all__ = [
     # lesson 10: GRPO
     "reference_group_advantages", "check_group_advantages", "reference_clipped_objective", "check_clipped_objective",
     "reference_kl_k3", "check_kl_k3", "reference_aggregate_loss", "check_aggregate_loss",
+    # lesson 11: what RL costs
+    "reference_strict_reward", "check_strict_reward", "reference_run_costs", "check_run_costs",
+    "reference_choose_beta", "check_choose_beta",
 ]
