@@ -11,6 +11,7 @@ CSV under ``experiments/results/`` whose first lines (``#``) name the command, t
   rejection sampling, and GRPO with a reward for each skill (``mitigation.csv``);
 - ``hacking``: GRPO against the sloppy verifier ("the answer occurs somewhere in the completion"),
   with the strict verifier logged beside it at weight 0 and strict held-out accuracy (``hacking.csv``);
+  ``--length-bonus W`` adds a reward for length with weight W (``hacking_length.csv``);
 - ``sharpening``: pass@k, k = 1..16, of the base and of ``runs/11-rl-beta0`` on the held-out additions,
   16 samples each, the unbiased estimator (``sharpening.csv``).
 
@@ -104,7 +105,8 @@ def base_model(tok, skills):
     return run.model.eval()
 
 
-KEEP = ("step", "reward", "reward_accuracy", "reward_format", "reward_sloppy", "reward_strict", "kl", "entropy",
+KEEP = ("step", "reward", "reward_accuracy", "reward_format", "reward_sloppy", "reward_strict", "reward_length", "kl",
+        "entropy",
         "completion_length", "frac_reward_zero_std", "acc_arithmetic", "acc_toolcall", "lr")
 
 
@@ -202,14 +204,27 @@ def sloppy_reward(prompts, completions, problem, **kwargs):
 sloppy_reward.__name__ = "sloppy"
 
 
+def length_reward(prompts, completions, completion_ids, **kwargs):
+    """A reward for length: the share of max_completion_length a completion fills (eos included)."""
+    return [len(ids) / GRPO["max_completion_length"] for ids in completion_ids]
+
+
+length_reward.__name__ = "length"
+
+
 def cmd_hacking(args, tok, skills, base):
     strict = accuracy_reward(skills.tasks["arithmetic"])
     strict.__name__ = "strict"
-    config = GRPOConfig(**{**GRPO, "learning_rate": args.lr, "max_steps": args.steps}, reward_weights=[1.0, 0.0],
-                        eval_steps=args.eval_steps)  # the strict reward is logged, never trained on
-    trainer = arithmetic_grpo(copy.deepcopy(base), tok, skills, [sloppy_reward, strict], config, copy.deepcopy(base))
-    start = {"learning_rate": args.lr, "step": -1, **evaluate_skills(base, tok, skills)}
-    return "hacking.csv", [start] + history_rows(trainer, {"learning_rate": args.lr}), trainer.seconds
+    funcs, weights = [sloppy_reward, strict], [1.0, 0.0]  # the strict reward is logged, never trained on
+    if args.length_bonus:
+        funcs, weights = funcs + [length_reward], weights + [args.length_bonus]
+    config = GRPOConfig(**{**GRPO, "learning_rate": args.lr, "max_steps": args.steps}, reward_weights=weights,
+                        eval_steps=args.eval_steps)
+    trainer = arithmetic_grpo(copy.deepcopy(base), tok, skills, funcs, config, copy.deepcopy(base))
+    extra = {"learning_rate": args.lr, "length_bonus": args.length_bonus}
+    start = {**extra, "step": -1, **evaluate_skills(base, tok, skills)}
+    name = "hacking.csv" if not args.length_bonus else "hacking_length.csv"
+    return name, [start] + history_rows(trainer, extra), trainer.seconds
 
 
 def cmd_sharpening(args, tok, skills, base):
@@ -242,7 +257,7 @@ def cmd_sharpening(args, tok, skills, base):
 
 
 ALL = [["forgetting", "--beta", "0"], ["forgetting", "--beta", "0.04"], ["forgetting", "--beta", "0.5"],
-       ["mitigation"], ["hacking"], ["sharpening"]]
+       ["mitigation"], ["hacking"], ["hacking", "--length-bonus", "0.5", "--steps", "60"], ["sharpening"]]
 
 
 def main(argv=None) -> None:
@@ -254,14 +269,15 @@ def main(argv=None) -> None:
     f.add_argument("--steps", type=int, default=GRPO["max_steps"])
     f.add_argument("--eval-steps", type=int, default=20)
     m = sub.add_parser("mitigation")
-    m.add_argument("--rs-problems", type=int, default=400)
-    m.add_argument("--sft-steps", type=int, default=60)
+    m.add_argument("--rs-problems", type=int, default=300)
+    m.add_argument("--sft-steps", type=int, default=40)
     m.add_argument("--sft-lr", type=float, default=5e-4)
-    m.add_argument("--rl-steps", type=int, default=40)
+    m.add_argument("--rl-steps", type=int, default=20)
     h = sub.add_parser("hacking")
     h.add_argument("--lr", type=float, default=GRPO["learning_rate"])
     h.add_argument("--steps", type=int, default=GRPO["max_steps"])
     h.add_argument("--eval-steps", type=int, default=20)
+    h.add_argument("--length-bonus", type=float, default=0.0, help="weight of a reward for length (0: none)")
     sub.add_parser("sharpening")
     sub.add_parser("all", help="every run above with its defaults, in order (what `make experiments` runs)")
     args = parser.parse_args(argv)
