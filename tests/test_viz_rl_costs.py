@@ -32,7 +32,7 @@ def test_tradeoff_by_hand():
     cost = tradeoff(run(0.8, 0.12), window=2)
     assert math.isclose(cost["arithmetic_change"], 0.05) and math.isclose(cost["toolcall_change"], -0.2)
     assert math.isclose(cost["kl"], (0.12 * 10 / 12 + 0.12 * 11 / 12) / 2)
-    assert math.isclose(cost["reward_change"], (0.5 + 0.02 * 10.5) - (0.5 + 0.02 * 0.5))  # last 2 minus first 2
+    assert math.isclose(cost["reward_change"], (0.5 + 0.02 * 10.5) - 0.5)  # last 2 steps minus the first step
     with pytest.raises(ValueError, match="acc_toolcall"):
         tradeoff([{"step": 0, "acc_arithmetic": 1.0}])
 

@@ -7,9 +7,8 @@ skill at the evaluation steps), ``kl`` (k3 to the reference), ``reward_<name>``.
 
 - :func:`plot_forgetting`: one run per KL weight beta. Left, both skills' held-out
   accuracy against step (arithmetic solid, tool calls dashed); right, the trade-off
-  in one picture: each run's change in held-out tool-call accuracy against its gain in
-  sampled arithmetic accuracy (the training reward GRPO maximises), the point's size
-  and label giving its final k3.
+  in one picture: each run's change in held-out tool-call accuracy against its change
+  in held-out arithmetic accuracy, the point's size and label giving its final k3.
 - :func:`read_results`: a results CSV with its header (command, seed, machine);
 - :func:`plot_hacking`: the training reward a sloppy verifier gives against step,
   beside the strict verifier's verdict on the same samples and on held-out problems.
@@ -67,8 +66,8 @@ def series(rows: Sequence[Mapping], key: str, min_step: float = -np.inf) -> tupl
 def tradeoff(rows: Sequence[Mapping], window: int = 10, reward: str = "reward_accuracy") -> dict:
     """One run's costs: held-out accuracy of each skill at the first and last evaluation and their change;
     the mean k3 over the last ``window`` logged steps; and ``reward_change``, the mean of the training
-    ``reward`` over the last ``window`` steps minus that over the first (sampled accuracy, what GRPO
-    maximises; NaN when not logged)."""
+    ``reward`` over the last ``window`` steps minus its value at the first logged step, whose samples the
+    base drew before any update (sampled accuracy, what GRPO maximises; NaN when not logged)."""
     out = {}
     for skill in ("arithmetic", "toolcall"):
         _, acc = series(rows, f"acc_{skill}")
@@ -79,7 +78,7 @@ def tradeoff(rows: Sequence[Mapping], window: int = 10, reward: str = "reward_ac
     _, kl = series(rows, "kl")
     out["kl"] = float(kl[-window:].mean()) if len(kl) else float("nan")
     _, trained = series(rows, reward)
-    out["reward_change"] = float(trained[-window:].mean() - trained[:window].mean()) if len(trained) else float("nan")
+    out["reward_change"] = float(trained[-window:].mean() - trained[0]) if len(trained) else float("nan")
     return out
 
 
@@ -103,9 +102,9 @@ def plot_forgetting(runs: Mapping[str, Sequence[Mapping]], title: str | None = N
             left.plot(steps, acc, style, color=color, ms=4, lw=1.5,
                       label=f"{label}: {'arithmetic' if skill == 'arithmetic' else 'tool calls'}")
         cost = tradeoff(rows, window)
-        right.scatter(cost["reward_change"], cost["toolcall_change"], s=60 + 2000 * max(cost["kl"], 0),
+        right.scatter(cost["arithmetic_change"], cost["toolcall_change"], s=60 + 2000 * max(cost["kl"], 0),
                       color=color, alpha=0.75, edgecolor="black")
-        right.annotate(f"{label}\nk3 {cost['kl']:.3f}", (cost["reward_change"], cost["toolcall_change"]),
+        right.annotate(f"{label}\nk3 {cost['kl']:.3f}", (cost["arithmetic_change"], cost["toolcall_change"]),
                        textcoords="offset points", xytext=(8, 6), fontsize=8)
     left.set_xlabel("GRPO step")
     left.set_ylabel("held-out greedy accuracy")
@@ -118,7 +117,7 @@ def plot_forgetting(runs: Mapping[str, Sequence[Mapping]], title: str | None = N
     right.axvline(0, color="gray", lw=0.8)
     right.xaxis.set_major_formatter(PercentFormatter(1.0))
     right.yaxis.set_major_formatter(PercentFormatter(1.0))
-    right.set_xlabel(f"arithmetic: change in sampled accuracy (training reward, last {window} - first {window} steps)")
+    right.set_xlabel("arithmetic: change in held-out greedy accuracy")
     right.set_ylabel("tool calls: change in held-out accuracy")
     right.grid(alpha=0.3)
     right.set_title(f"the trade-off (size: k3 to the base, last {window} steps)")
