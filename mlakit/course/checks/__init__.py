@@ -114,6 +114,14 @@ from .lesson10 import (
     reference_group_advantages,
     reference_kl_k3,
 )
+from .lesson11 import (
+    check_choose_beta,
+    check_run_costs,
+    check_strict_reward,
+    reference_choose_beta,
+    reference_run_costs,
+    reference_strict_reward,
+)
 from .lesson12 import (
     check_merge_splits,
     check_mla_decode_cost,
@@ -176,6 +184,9 @@ __all__ = [
     # lesson 10: GRPO
     "reference_group_advantages", "check_group_advantages", "reference_clipped_objective", "check_clipped_objective",
     "reference_kl_k3", "check_kl_k3", "reference_aggregate_loss", "check_aggregate_loss",
+    # lesson 11: what RL costs
+    "reference_strict_reward", "check_strict_reward", "reference_run_costs", "check_run_costs",
+    "reference_choose_beta", "check_choose_beta",
     # lesson 12: GPU kernels
     "reference_mla_decode_cost", "check_mla_decode_cost", "reference_online_softmax_step",
     "check_online_softmax_step", "reference_merge_splits", "check_merge_splits",

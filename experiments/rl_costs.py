@@ -1,0 +1,299 @@
+"""What RL costs, measured in miniature: the runs behind lesson 11's precomputed plots.
+
+Each subcommand trains from lesson 11's two-skill base (addition with worked steps and JSON tool
+calls, :mod:`mlakit.recipes.two_skills`, trained once and kept in ``runs/11-base``) and writes one
+CSV under ``experiments/results/`` whose first lines (``#``) name the command, the seed and the machine:
+
+- ``forgetting --beta B``: GRPO with R1-Zero's rewards (accuracy + format) on additions only; both
+  skills' held-out greedy accuracy every ``--eval-steps``, with reward, k3, entropy and length per
+  step (``forgetting_beta<B>.csv``); the final policy is kept in ``runs/11-rl-beta<B>``;
+- ``mitigation``: from ``runs/11-rl-beta0``, R1's last stage two ways: SFT on mixed data collected by
+  rejection sampling, and GRPO with a reward for each skill (``mitigation.csv``);
+- ``hacking``: GRPO against the sloppy verifier ("the answer occurs somewhere in the completion"),
+  with the strict verifier logged beside it at weight 0 and strict held-out accuracy (``hacking.csv``);
+  ``--length-bonus W`` adds a reward for length with weight W (``hacking_length.csv``);
+- ``sharpening``: pass@k, k = 1..16, of the base and of ``runs/11-rl-beta0`` on the held-out additions,
+  16 samples each, the unbiased estimator (``sharpening.csv``).
+
+Run them all with ``make experiments`` (or ``python experiments/rl_costs.py all``); each run takes a few
+minutes on 2 CPU cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import csv
+import json
+import os
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+import mlakit
+from mlakit.data import Record, mean_pass_at_k, verify_sloppy
+from mlakit.generate import generate
+from mlakit.recipes import sft
+from mlakit.recipes.two_skills import (
+    NEW_TOKENS,
+    evaluate_skills,
+    skill_accuracy,
+    skill_problems,
+    skill_tokenizer,
+    train_base,
+)
+from mlakit.rl import (
+    GRPOConfig,
+    GRPOTrainer,
+    accuracy_reward,
+    format_reward,
+    mixed_prompts,
+    per_task_reward,
+)
+from mlakit.train import TrainConfig, load_model_from_checkpoint
+
+ROOT = Path(__file__).resolve().parent.parent
+RUNS = ROOT / "runs"
+RESULTS = ROOT / "experiments" / "results"
+BASE = dict(steps=300, lr=3e-3, warmup_steps=20, batch_size=64, tagged_share=0.1, seed=0)
+GRPO = dict(num_generations=8, prompts_per_step=16, max_completion_length=NEW_TOKENS["arithmetic"], temperature=1.0,
+            learning_rate=3e-4, max_steps=100, epsilon=0.2, loss_type="dapo", seed=0)
+SAMPLES = 16  # samples per held-out problem for pass@k
+
+
+def machine() -> str:
+    cpu = platform.processor() or "CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} with {torch.get_num_threads()} thread(s), "
+            f"Python {platform.python_version()}")
+
+
+def write_csv(name: str, rows: list[dict], seed: int, seconds: float) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / name
+    columns = list(dict.fromkeys(k for r in rows for k in r))
+    with path.open("w", newline="") as f:
+        f.write(f"# command: python experiments/{Path(sys.argv[0]).name} {shlex.join(sys.argv[1:])}\n")
+        f.write(f"# seed: {seed}\n# machine: {machine()}\n# seconds: {seconds:.0f}\n")
+        writer = csv.DictWriter(f, columns)
+        writer.writeheader()
+        for r in rows:
+            writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
+    print(f"wrote {path.relative_to(ROOT)} ({len(rows)} rows, {seconds:.0f} s)")
+    return path
+
+
+def base_model(tok, skills):
+    """The lesson's base: loaded from runs/11-base when its settings match, else trained and saved."""
+    folder = RUNS / "11-base"
+    try:
+        if json.loads((folder / "lesson11.json").read_text()) == BASE:
+            return load_model_from_checkpoint(folder).eval()
+    except (OSError, ValueError):
+        pass
+    run = train_base(skills, tok, **BASE)
+    run.trainer.save(folder)
+    (folder / "lesson11.json").write_text(json.dumps(BASE))
+    return run.model.eval()
+
+
+KEEP = ("step", "reward", "reward_accuracy", "reward_format", "reward_sloppy", "reward_strict", "reward_length", "kl",
+        "entropy",
+        "completion_length", "frac_reward_zero_std", "acc_arithmetic", "acc_toolcall", "lr")
+
+
+def arithmetic_grpo(model, tok, skills, reward_funcs, config, ref):
+    trainer = GRPOTrainer(model, tok, reward_funcs, skills.train["arithmetic"], config, ref_model=ref,
+                          eval_fn=skill_accuracy(tok, skills))
+    trainer.train()  # the base's accuracy is the run's row at step -1
+    return trainer
+
+
+def history_rows(trainer, extra):
+    return [{**extra, **{k: r.get(k) for k in KEEP if k in r}} for r in trainer.history]
+
+
+def cmd_forgetting(args, tok, skills, base):
+    config = GRPOConfig(**{**GRPO, "learning_rate": args.lr, "max_steps": args.steps}, beta=args.beta,
+                        eval_steps=args.eval_steps)
+    trainer = arithmetic_grpo(copy.deepcopy(base), tok, skills, [accuracy_reward(skills.tasks["arithmetic"]),
+                                                                 format_reward], config, copy.deepcopy(base))
+    if args.lr == GRPO["learning_rate"]:
+        trainer.save(RUNS / f"11-rl-beta{args.beta:g}")
+    start = evaluate_skills(base, tok, skills)
+    rows = [{"beta": args.beta, "learning_rate": args.lr, "step": -1, **start}] + \
+        history_rows(trainer, {"beta": args.beta, "learning_rate": args.lr})
+    suffix = "" if args.lr == GRPO["learning_rate"] else f"_lr{args.lr:g}"
+    return f"forgetting_beta{args.beta:g}{suffix}.csv", rows, trainer.seconds
+
+
+def sample_verified(model, tok, task, problems, n, max_new_tokens, seed):
+    """Rejection sampling: ``n`` samples per problem at temperature 1, the first that the strict verifier
+    accepts kept (R1 §2.3.3); returns (records, acceptance rate)."""
+    gen = torch.Generator().manual_seed(seed)
+    model.eval()
+    kept, tried, accepted = [], 0, 0
+    for start in range(0, len(problems), 32):
+        part = problems[start:start + 32]
+        ids, mask = tok.encode_batch([p.prompt for p in part], bos=True)
+        out = generate(model, ids, max_new_tokens, temperature=1.0, attention_mask=mask, eos_id=tok.eos_id,
+                       pad_id=tok.pad_id, num_return_sequences=n, return_dict=True, generator=gen)
+        rows = out.sequences[:, ids.shape[1]:].tolist()
+        for i, p in enumerate(part):
+            chosen = None
+            for row, keep in zip(rows[i * n:(i + 1) * n], out.completion_mask[i * n:(i + 1) * n].tolist(),
+                                 strict=True):
+                text = tok.decode([t for t, k in zip(row, keep, strict=True) if k and t != tok.eos_id])
+                tried += 1
+                if task.verify(p, text):
+                    accepted += 1
+                    chosen = chosen or text
+            if chosen is not None:
+                kept.append(Record(f"rs-{task.name}-{start + i}", task.name, p.prompt, chosen, p.answer, problem=p))
+    return kept, accepted / max(1, tried)
+
+
+def cmd_mitigation(args, tok, skills, base):
+    folder = RUNS / "11-rl-beta0"
+    if not folder.exists():
+        raise SystemExit("run `python experiments/rl_costs.py forgetting --beta 0` first (it writes runs/11-rl-beta0)")
+    rl = load_model_from_checkpoint(folder).eval()
+    t0 = time.perf_counter()
+    rows = [{"stage": "base", **evaluate_skills(base, tok, skills)},
+            {"stage": "after arithmetic GRPO", **evaluate_skills(rl, tok, skills)}]
+    # (a) R1's way: rejection-sampled reasoning data from the RL model, other data from the base (R1 took
+    # its non-reasoning data from V3), mixed, then SFT of the RL model on it
+    n = args.rs_problems
+    arith, arith_rate = sample_verified(rl, tok, skills.tasks["arithmetic"], skills.train["arithmetic"][:n], 4,
+                                        NEW_TOKENS["arithmetic"], seed=1)
+    calls, call_rate = sample_verified(base, tok, skills.tasks["toolcall"], skills.train["toolcall"][:n], 4,
+                                       NEW_TOKENS["toolcall"], seed=2)
+    mixed = arith + calls
+    cfg = TrainConfig(steps=args.sft_steps, lr=args.sft_lr, warmup_steps=4, eval_every=0, seed=0)
+    run = sft(copy.deepcopy(rl), mixed, tok, cfg, batch_size=32, seed=0, desc="mixed SFT")
+    rows.append({"stage": "mixed rejection-sampled SFT", **evaluate_skills(run.model.eval(), tok, skills),
+                 "examples": len(mixed), "acceptance_arithmetic": arith_rate, "acceptance_toolcall": call_rate,
+                 "steps": args.sft_steps})
+    # (b) RL over all scenarios: both skills' prompts, each scored by its own strict verifier (+ format for sums)
+    prompts = mixed_prompts({"arithmetic": skills.train["arithmetic"], "toolcall": skills.train["toolcall"]})
+    reward = per_task_reward({name: accuracy_reward(task) for name, task in skills.tasks.items()})
+    arith_format = per_task_reward({"arithmetic": format_reward}, name="format", default=0.0)
+    config = GRPOConfig(**{**GRPO, "max_completion_length": NEW_TOKENS["toolcall"], "max_steps": args.rl_steps,
+                           "learning_rate": 1e-4}, eval_steps=args.rl_steps)
+    trainer = GRPOTrainer(copy.deepcopy(rl), tok, [reward, arith_format], prompts, config,
+                          eval_fn=skill_accuracy(tok, skills))
+    trainer.train(desc="GRPO, both skills")
+    rows.append({"stage": "GRPO with both rewards", **evaluate_skills(trainer.model.eval(), tok, skills),
+                 "steps": args.rl_steps})
+    return "mitigation.csv", rows, time.perf_counter() - t0
+
+
+def sloppy_reward(prompts, completions, problem, **kwargs):
+    """The WRONG verifier as a reward: 1 when the right number occurs anywhere in the completion."""
+    return [1.0 if verify_sloppy(p, c) else 0.0 for p, c in zip(problem, completions, strict=True)]
+
+
+sloppy_reward.__name__ = "sloppy"
+
+
+def length_reward(prompts, completions, completion_ids, **kwargs):
+    """A reward for length: the share of max_completion_length a completion fills (eos included)."""
+    return [len(ids) / GRPO["max_completion_length"] for ids in completion_ids]
+
+
+length_reward.__name__ = "length"
+
+
+def cmd_hacking(args, tok, skills, base):
+    strict = accuracy_reward(skills.tasks["arithmetic"])
+    strict.__name__ = "strict"
+    funcs, weights = [sloppy_reward, strict], [1.0, 0.0]  # the strict reward is logged, never trained on
+    if args.length_bonus:
+        funcs, weights = funcs + [length_reward], weights + [args.length_bonus]
+    config = GRPOConfig(**{**GRPO, "learning_rate": args.lr, "max_steps": args.steps}, reward_weights=weights,
+                        eval_steps=args.eval_steps)
+    trainer = arithmetic_grpo(copy.deepcopy(base), tok, skills, funcs, config, copy.deepcopy(base))
+    extra = {"learning_rate": args.lr, "length_bonus": args.length_bonus}
+    start = {**extra, "step": -1, **evaluate_skills(base, tok, skills)}
+    name = "hacking.csv" if not args.length_bonus else "hacking_length.csv"
+    return name, [start] + history_rows(trainer, extra), trainer.seconds
+
+
+def cmd_sharpening(args, tok, skills, base):
+    folder = RUNS / "11-rl-beta0"
+    if not folder.exists():
+        raise SystemExit("run `python experiments/rl_costs.py forgetting --beta 0` first (it writes runs/11-rl-beta0)")
+    rl = load_model_from_checkpoint(folder).eval()
+    task, problems = skills.tasks["arithmetic"], skills.held_out["arithmetic"]
+    t0 = time.perf_counter()
+    rows = []
+    for name, model in (("base", base), ("after GRPO", rl)):
+        gen = torch.Generator().manual_seed(1)
+        correct = []
+        for start in range(0, len(problems), 32):
+            part = problems[start:start + 32]
+            ids, mask = tok.encode_batch([p.prompt for p in part], bos=True)
+            out = generate(model, ids, NEW_TOKENS["arithmetic"], temperature=1.0, attention_mask=mask,
+                           eos_id=tok.eos_id, pad_id=tok.pad_id, num_return_sequences=SAMPLES, return_dict=True,
+                           generator=gen)
+            seqs = out.sequences[:, ids.shape[1]:].tolist()
+            keep = out.completion_mask.tolist()
+            for i, p in enumerate(part):
+                texts = [tok.decode([t for t, k in zip(seqs[j], keep[j], strict=True) if k and t != tok.eos_id])
+                         for j in range(i * SAMPLES, (i + 1) * SAMPLES)]
+                correct.append(sum(task.verify(p, t) for t in texts))
+        for k in range(1, SAMPLES + 1):
+            rows.append({"model": name, "k": k, "pass_at_k": mean_pass_at_k(SAMPLES, correct, k),
+                         "unsolved": sum(c == 0 for c in correct)})
+    return "sharpening.csv", rows, time.perf_counter() - t0
+
+
+ALL = [["forgetting", "--beta", "0"], ["forgetting", "--beta", "0.04"], ["forgetting", "--beta", "0.5"],
+       ["mitigation"], ["hacking"], ["hacking", "--length-bonus", "0.5", "--steps", "60"], ["sharpening"]]
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    f = sub.add_parser("forgetting")
+    f.add_argument("--beta", type=float, default=0.0)
+    f.add_argument("--lr", type=float, default=GRPO["learning_rate"])
+    f.add_argument("--steps", type=int, default=GRPO["max_steps"])
+    f.add_argument("--eval-steps", type=int, default=20)
+    m = sub.add_parser("mitigation")
+    m.add_argument("--rs-problems", type=int, default=300)
+    m.add_argument("--sft-steps", type=int, default=40)
+    m.add_argument("--sft-lr", type=float, default=5e-4)
+    m.add_argument("--rl-steps", type=int, default=20)
+    h = sub.add_parser("hacking")
+    h.add_argument("--lr", type=float, default=GRPO["learning_rate"])
+    h.add_argument("--steps", type=int, default=GRPO["max_steps"])
+    h.add_argument("--eval-steps", type=int, default=20)
+    h.add_argument("--length-bonus", type=float, default=0.0, help="weight of a reward for length (0: none)")
+    sub.add_parser("sharpening")
+    sub.add_parser("all", help="every run above with its defaults, in order (what `make experiments` runs)")
+    args = parser.parse_args(argv)
+    if args.cmd == "all":
+        for run in ALL:
+            sys.argv = [sys.argv[0], *run]
+            main(run)
+        return
+    mlakit.seed_everything(0, threads=1)
+    tok, skills = skill_tokenizer(), skill_problems()
+    base = base_model(tok, skills)
+    mlakit.seed_everything(0, threads=1)
+    name, rows, seconds = {"forgetting": cmd_forgetting, "mitigation": cmd_mitigation, "hacking": cmd_hacking,
+                           "sharpening": cmd_sharpening}[args.cmd](args, tok, skills, base)
+    write_csv(name, rows, 0, seconds)
+
+
+if __name__ == "__main__":
+    main()
