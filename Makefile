@@ -21,7 +21,7 @@ SITE_STAMP := $(VENV)/.installed-site
 NBVAL_FLAGS := --nbval-lax --nbval-current-env --nbval-cell-timeout=300 --nbval-sanitize-with tests/nbval_sanitize.cfg
 
 .PHONY: help venv lab test test-fast test-unit test-notebooks lint notebooks exercises grade bench doctor clean \
-	site test-browser
+	site test-browser experiments
 
 help:
 	@echo "make lab        open the course in JupyterLab (creates .venv on first use)"
@@ -32,6 +32,7 @@ help:
 	@echo "make notebooks  re-execute notebooks/ and solutions/ in place, then rebuild exercises/ (authors)"
 	@echo "make exercises  regenerate exercises/ from solutions/"
 	@echo "make grade NB=exercises/01_attention_and_kv_cache.ipynb   grade a notebook"
+	@echo "make experiments  rerun the long experiments whose results lessons 10 and 11 plot (hours)"
 	@echo "make bench      run the benchmarks in bench/"
 	@echo "make doctor     check the environment"
 
@@ -55,13 +56,13 @@ lab: $(STAMP)
 		--IdentityProvider.token=$$token --ServerApp.root_dir=$(CURDIR) $(ROOT_FLAG) notebooks/00_welcome.ipynb
 
 lint: $(STAMP)
-	$(BIN)/ruff check mlakit tests bench scripts
+	$(BIN)/ruff check mlakit tests bench scripts experiments
 
 test-unit: $(STAMP)
 	$(BIN)/python -m pytest tests -q
 
 test-fast: $(STAMP)
-	$(BIN)/ruff check mlakit tests bench scripts
+	$(BIN)/ruff check mlakit tests bench scripts experiments
 	MLAKIT_PROGRESS=0 $(BIN)/python -m pytest -q -n $(JOBS) -m "not notebooks and not browser" tests
 
 test-notebooks: $(STAMP)
@@ -71,7 +72,7 @@ test: $(STAMP)
 	@test -x $(MLAKIT_CHROMIUM) || echo "make test: no Chromium at $(MLAKIT_CHROMIUM): the browser tests will be SKIPPED (apt-get install chromium)"
 	@test -f build/site/_build/html/index.html || echo "make test: no site built: its browser test will be SKIPPED (make site)"
 	@start=$$(date +%s); \
-	$(BIN)/ruff check mlakit tests bench scripts && \
+	$(BIN)/ruff check mlakit tests bench scripts experiments && \
 	MLAKIT_PROGRESS=0 $(BIN)/python -m pytest -q -n $(JOBS) --dist loadscope tests $(NBVAL_FLAGS) notebooks solutions; \
 	status=$$?; \
 	echo "make test: wall time $$(( $$(date +%s) - start )) s"; \
@@ -97,6 +98,11 @@ exercises: $(STAMP)
 
 grade: $(STAMP)
 	$(BIN)/mlakit grade $(NB)
+
+# Runs too long for a lesson: they rewrite experiments/results/*.csv, which lessons 10 and 11 read
+experiments: $(STAMP)
+	$(BIN)/python experiments/grpo_sweep.py
+	$(BIN)/python experiments/rl_costs.py all
 
 bench: $(STAMP)
 	@# OpenMP's default wait policy: the passive one exported above for shared test machines adds a
