@@ -12,7 +12,7 @@ ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)  # Jupyter refuses r
 # Busy-waiting OpenMP threads slow torch many times over when the 2 cores are shared; results are unchanged.
 export OMP_WAIT_POLICY ?= PASSIVE
 BENCHES := bench/mla_decode.py bench/moe_dispatch.py bench/generate.py bench/kv_cache.py bench/dedup.py bench/grpo.py \
-	bench/kernels.py bench/ep.py
+	bench/gpu_kernels.py bench/ep.py
 # pytest-xdist workers for make test; --dist loadscope keeps each notebook on one worker (nbval needs it)
 JOBS   ?= 2
 # The Chromium the browser tests drive (Debian/Ubuntu: apt-get install chromium); without it they skip

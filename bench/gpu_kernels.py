@@ -1,7 +1,10 @@
 """The Triton kernels on a GPU: MLA decode bandwidth, fused MoE against its peers, RMSNorm bandwidth.
 
-    python bench/kernels.py                   (needs a CUDA GPU for the tables)
-    python bench/kernels.py --quick           (fewer shapes: batch 1, 32; contexts 1k, 8k)
+Named gpu_kernels.py, not kernels.py: run as a script, this folder comes first on sys.path, and a
+kernels.py here would shadow the ``kernels`` package that transformers imports (bench/grpo.py breaks).
+
+    python bench/gpu_kernels.py                   (needs a CUDA GPU for the tables)
+    python bench/gpu_kernels.py --quick           (fewer shapes: batch 1, 32; contexts 1k, 8k)
 
 On a machine without a CUDA device it says so, runs every kernel once through
 Triton's interpreter on small shapes against its torch reference (correctness
@@ -270,7 +273,7 @@ def write_results(device_name: str, sections: dict[str, list[dict]], text: str) 
             "cuda": torch.version.cuda, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
     (RESULTS / f"kernels-{slug}.json").write_text(json.dumps({"meta": meta, **sections}, indent=1) + "\n")
     (RESULTS / f"kernels-{slug}.md").write_text(
-        f"# bench/kernels.py on {device_name}\n\n{json.dumps(meta)}\n\n```\n{text}```\n")
+        f"# bench/gpu_kernels.py on {device_name}\n\n{json.dumps(meta)}\n\n```\n{text}```\n")
     print(f"\nwritten: {RESULTS / f'kernels-{slug}.md'} and .json")
 
 
@@ -285,7 +288,7 @@ def main() -> None:
     parser.add_argument("--no-write", action="store_true", help="print only, write nothing under bench/results")
     args = parser.parse_args()
     if not torch.cuda.is_available():
-        print("bench/kernels.py needs a CUDA GPU to time the kernels; none is visible here.\n"
+        print("bench/gpu_kernels.py needs a CUDA GPU to time the kernels; none is visible here.\n"
               "Checking correctness only, through Triton's interpreter (TRITON_INTERPRET=1):")
         check_on_cpu()
         return
