@@ -41,3 +41,25 @@ def assert_in_place_change_fails(checks, check, reference, arg, name):
     result = getattr(checks, check)(_writes_into(getattr(checks, reference), arg))
     assert result.status == "FAIL", result.message
     assert f"changed its argument number {arg + 1} in place" in result.message
+
+
+def _not_done(*args, **kwargs):
+    raise NotImplementedError
+
+
+def assert_checker_basics(check, reference, lesson: str, output: str, refused=()) -> None:
+    """What every checker of lesson ``lesson`` ("07") does with the usual answers: the reference as a learner
+    writes it passes, a stub is not attempted, an error fails naming itself, and each function of ``refused``
+    (the library's own) fails as such. ``output`` is what the checks printed (``capsys.readouterr().out``
+    afterwards, so pass a callable): one "[ex NN." line per answer."""
+    from mlakit.course.checks import FAIL, NOT_ATTEMPTED, PASS
+
+    assert check(as_learner(reference)).status == PASS
+    assert check(_not_done).status == NOT_ATTEMPTED
+    broken = check(lambda *a: 1 / 0)
+    assert broken.status == FAIL and "ZeroDivisionError" in broken.message
+    for own in refused:
+        result = check(own)
+        assert result.status == FAIL and "library's own" in result.message
+    assert output().count(f"[ex {lesson}.") == 3 + len(refused)
+    assert check.__doc__.startswith(f"Exercise {lesson}.")

@@ -4,10 +4,10 @@ attempted, boundary cases show each diagnosed mistake."""
 import pytest
 import torch
 import torch.nn.functional as F
-from learner import as_learner
+from learner import as_learner, assert_checker_basics
 
 from mlakit.course import checks
-from mlakit.course.checks import FAIL, NOT_ATTEMPTED, PASS
+from mlakit.course.checks import FAIL, PASS
 from mlakit.course.checks.lesson09 import (
     _DISTILL_MISTAKES,
     _MASK_MISTAKES,
@@ -24,9 +24,6 @@ from mlakit.tokenizer import CharTokenizer
 
 TOK = CharTokenizer()
 
-
-def _not_done(*args, **kwargs):
-    raise NotImplementedError
 
 
 # ------------------------------------------------- references against the library
@@ -97,13 +94,7 @@ def test_render_reference_equals_the_template_and_tokenizes_tags_as_one_token():
     (checks.check_render_example, checks.reference_render_example),
 ])
 def test_reference_passes_and_stub_is_not_attempted(check, reference, capsys):
-    assert check(as_learner(reference)).status == PASS
-    assert check(_not_done).status == NOT_ATTEMPTED
-    broken = check(lambda *a: 1 / 0)
-    assert broken.status == FAIL and "ZeroDivisionError" in broken.message
-    out = capsys.readouterr().out
-    assert out.count("[ex 09.") == 3
-    assert check.__doc__.startswith("Exercise 09.")
+    assert_checker_basics(check, reference, "09", lambda: capsys.readouterr().out)
 
 
 @pytest.mark.parametrize("check, library", [
