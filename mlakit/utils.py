@@ -12,6 +12,7 @@ so mlakit reads its own: ``MLAKIT_PROGRESS=0`` or :func:`set_progress`.
 
 from __future__ import annotations
 
+import math
 import os
 import random
 from collections.abc import Iterable
@@ -50,3 +51,14 @@ def progress(iterable: Iterable | None = None, total: int | None = None, desc: s
     kwargs.setdefault("disable", not progress_enabled())
     kwargs.setdefault("leave", True)
     return tqdm(iterable, total=total, desc=desc, **kwargs)
+
+
+def finite_float(value) -> float | None:
+    """``value`` as a finite float (a CSV cell, a log entry), or None when it is empty, not a number, or infinite."""
+    if value is None or value == "":
+        return None
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        return None
+    return out if math.isfinite(out) else None

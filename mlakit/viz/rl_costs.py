@@ -20,6 +20,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from ..utils import finite_float
 from .rl import moving_average
 
 COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:brown", "tab:red")
@@ -42,21 +43,12 @@ def read_results(path) -> tuple[dict, list[dict]]:
     return meta, rows
 
 
-def _number(value) -> float | None:
-    if value is None or value == "":
-        return None
-    try:
-        out = float(value)
-    except (TypeError, ValueError):
-        return None
-    return out if np.isfinite(out) else None
-
 
 def series(rows: Sequence[Mapping], key: str, min_step: float = -np.inf) -> tuple[np.ndarray, np.ndarray]:
     """(steps, values) of the rows that hold ``key`` as a finite number, steps >= ``min_step``."""
     steps, values = [], []
     for r in rows:
-        step, value = _number(r.get("step")), _number(r.get(key))
+        step, value = finite_float(r.get("step")), finite_float(r.get(key))
         if step is not None and value is not None and step >= min_step:
             steps.append(step)
             values.append(value)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import re
 
+from ...utils import finite_float
 from ._core import Answer, _Fail, checker, diagnose
 
 _TAGS = ("<think>", "</think>", "<answer>", "</answer>")
@@ -130,19 +131,10 @@ def check_strict_reward(strict_reward: Answer) -> str:
 
 
 # ---------------------------------------------------------------- 11.2
-def _number(value) -> float | None:
-    if value is None or value == "":
-        return None
-    try:
-        out = float(value)
-    except (TypeError, ValueError):
-        return None
-    return out if math.isfinite(out) else None
-
 
 def _costs(rows, window, *, kind: str = "right") -> dict:
     def logged(key):
-        return [_number(r.get(key)) for r in rows if _number(r.get(key)) is not None]
+        return [finite_float(r.get(key)) for r in rows if finite_float(r.get(key)) is not None]
 
     out = {}
     for skill in ("arithmetic", "toolcall"):
@@ -209,7 +201,7 @@ _COSTS_MISTAKES = [
 
 def _same_costs(a, b) -> bool:
     return (isinstance(a, dict) and set(a) >= set(b)
-            and all(_number(a[k]) is not None and math.isclose(float(a[k]), b[k], abs_tol=1e-9) for k in b))
+            and all(finite_float(a[k]) is not None and math.isclose(float(a[k]), b[k], abs_tol=1e-9) for k in b))
 
 
 @checker("11.2", "run_costs")
@@ -233,7 +225,7 @@ def check_run_costs(run_costs: Answer) -> str:
     diagnose(got, [([_costs(rows, w, kind=kind) for rows, w in cases], hint) for kind, hint in _COSTS_MISTAKES],
              same=same)
     i = next(i for i, (g, w) in enumerate(zip(got, want, strict=True)) if not _same_costs(g, w))
-    shown = {k: round(_number(got[i][k]), 4) if _number(got[i][k]) is not None else got[i][k] for k in want[i]}
+    shown = {k: round(finite_float(got[i][k]), 4) if finite_float(got[i][k]) is not None else got[i][k] for k in want[i]}
     raise _Fail(f"on a run of {len(cases[i][0])} steps (window {cases[i][1]}) you give {shown}, expected "
                 f"{ {k: round(v, 4) for k, v in want[i].items()} }. Hint: skip the rows where a value is missing "
                 "(None); change = last - first; kl = mean of the last `window` logged values")
