@@ -25,8 +25,6 @@ import argparse
 import copy
 import csv
 import json
-import os
-import platform
 import shlex
 import sys
 import time
@@ -57,6 +55,9 @@ from mlakit.rl import (
 from mlakit.train import TrainConfig, load_model_from_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+from benchutil import machine  # noqa: E402  the benchmarks' machine line
+
 RUNS = ROOT / "runs"
 RESULTS = ROOT / "experiments" / "results"
 BASE = dict(steps=300, lr=3e-3, warmup_steps=20, batch_size=64, tagged_share=0.1, seed=0)
@@ -65,24 +66,13 @@ GRPO = dict(num_generations=8, prompts_per_step=16, max_completion_length=NEW_TO
 SAMPLES = 16  # samples per held-out problem for pass@k
 
 
-def machine() -> str:
-    cpu = platform.processor() or "CPU"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} with {torch.get_num_threads()} thread(s), "
-            f"Python {platform.python_version()}")
-
-
 def write_csv(name: str, rows: list[dict], seed: int, seconds: float) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / name
     columns = list(dict.fromkeys(k for r in rows for k in r))
     with path.open("w", newline="") as f:
         f.write(f"# command: python experiments/{Path(sys.argv[0]).name} {shlex.join(sys.argv[1:])}\n")
-        f.write(f"# seed: {seed}\n# machine: {machine()}\n# seconds: {seconds:.0f}\n")
+        f.write(f"# seed: {seed}\n# machine: {machine('cpu')}\n# seconds: {seconds:.0f}\n")
         writer = csv.DictWriter(f, columns)
         writer.writeheader()
         for r in rows:
