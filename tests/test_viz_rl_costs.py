@@ -7,7 +7,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pytest  # noqa: E402
 
-from mlakit.viz import plot_forgetting, plot_hacking, read_results, tradeoff  # noqa: E402
+from mlakit.viz import plot_forgetting, plot_hacking, plot_measures, read_results, tradeoff  # noqa: E402
 from mlakit.viz.rl_costs import series  # noqa: E402
 
 
@@ -57,3 +57,18 @@ def test_plots_draw_every_run():
     assert len(fig.axes) == 2
     with pytest.raises(ValueError, match="runs is empty"):
         plot_forgetting({})
+
+
+def test_plot_measures_draws_each_measure_at_its_evaluation_steps():
+    rows = run(0.8, 0.1)
+    rows[0]["acc_refusal"], rows[-1]["acc_refusal"] = 1.0, 0.6
+    fig = plot_measures(rows, {"acc_toolcall": "tool calls", "acc_refusal": "refusals"}, title="safety")
+    ax = fig.axes[0]
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    assert list(lines) == ["tool calls", "refusals"]
+    assert list(lines["refusals"].get_xdata()) == [-1, 11] and list(lines["refusals"].get_ydata()) == [1.0, 0.6]
+    assert ax.get_title() == "safety"
+    with pytest.raises(ValueError, match="acc_safety"):
+        plot_measures(rows, {"acc_safety": "?"})
+    with pytest.raises(ValueError, match="measures is empty"):
+        plot_measures(rows, {})

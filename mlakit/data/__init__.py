@@ -7,7 +7,7 @@ lesson 08 (R1 §2.3.3, DeepSeekMath §2.1), one concept per module:
   seeded generator whose problems have ``.prompt``, ``.answer`` and a canonical
   ``.key``, and a strict ``verify(problem, completion)``: ``addition``
   (:mod:`.arithmetic`, lesson 07's pretraining task), ``countdown``,
-  ``toolcall``, ``wordproblem``;
+  ``refusal`` (:mod:`.refusal`), ``toolcall``, ``wordproblem``;
 - R1's ``<think>...</think><answer>...</answer>`` format read strictly
   (:mod:`.reasoning`), beside the sloppy verifier it replaces;
 - teacher sampling with rejection and pass@k (:mod:`.teacher`, :mod:`.passk`);
@@ -42,6 +42,7 @@ from .reasoning import (
     verify_sloppy,
 )
 from .records import JSONLError, Record, read_jsonl, write_jsonl
+from .refusal import REFUSAL, RefusalProblem, RefusalTask
 from .registry import get_task, list_tasks, task_knobs
 from .task import Task, key_string
 from .teacher import RejectionResult, Sample, rejection_sample
@@ -55,7 +56,7 @@ __all__ = [
     "Task", "get_task", "list_tasks", "task_knobs", "key_string",
     "AdditionTask", "Problem", "extract_answer", "make_splits",
     "CountdownTask", "CountdownProblem", "ExpressionError", "parse_expression",
-    "ToolCallTask", "ToolCallProblem", "WordProblemTask", "WordProblem",
+    "ToolCallTask", "ToolCallProblem", "WordProblemTask", "WordProblem", "RefusalTask", "RefusalProblem", "REFUSAL",
     # the reasoning format
     "format_reasoning", "parse_completion", "strict_answer", "last_answer", "format_ok", "verify_sloppy",
     # teacher sampling

@@ -9,7 +9,9 @@ for ``experiments/rl_costs.py``:
   JSON needs (``{ } " _``);
 - :func:`skill_problems`: held-out and training problems of each skill, with no
   canonical key in both: lesson 10's 1-2 digit additions and lesson 08's ``toolcall``
-  task restricted to four integer functions;
+  task restricted to four integer functions; with ``num_refusal_train``, a third skill,
+  ``refusal`` (:mod:`mlakit.data.refusal`): forbidden requests worded like tool requests,
+  answered by a fixed refusal (the safety experiment of ``experiments/rl_costs.py``);
 - :func:`base_records`: the mixed SFT set, each problem once; an addition is written
   in R1's format with probability ``tagged_share`` (as lesson 10's base), else plain;
 - :func:`train_base`: SFT (:func:`mlakit.recipes.sft`) of a fresh ``nano`` model on it;
@@ -26,6 +28,7 @@ from torch import nn
 
 from ..config import ModelConfig
 from ..data import AdditionTask, Record, make_splits
+from ..data.refusal import RefusalTask
 from ..data.toolcall import ToolCallTask
 from ..rl.multitask import skills_eval
 from ..tokenizer import DEFAULT_ALPHABET, CharTokenizer
@@ -36,7 +39,7 @@ from .sft import sft
 JSON_CHARACTERS = '{}"_'  # what a JSON call needs beyond the course's alphabet
 TOOL_FUNCTIONS = ("add", "subtract", "multiply", "set_timer")  # integer arguments only
 CONTEXT = 96  # positions: the longest request (24 tokens with bos) and its call (60 with eos) fit
-NEW_TOKENS = {"arithmetic": 24, "toolcall": 64}  # greedy budget per skill
+NEW_TOKENS = {"arithmetic": 24, "toolcall": 64, "refusal": 32}  # greedy budget per skill
 
 
 def skill_tokenizer() -> CharTokenizer:
@@ -57,16 +60,27 @@ class Skills:
     held_out: dict = field(default_factory=dict)  # skill -> problems
 
 
-def skill_problems(num_held_out: int = 200, num_tool_train: int = 4000, seed: int = 0) -> Skills:
+def skill_problems(num_held_out: int = 200, num_tool_train: int = 4000, seed: int = 0,
+                   num_refusal_train: int = 0) -> Skills:
     """Additions of 1-2 digit numbers (lesson 10's split: every fifth test problem held out) and tool calls
-    (``num_tool_train`` training requests, ``num_held_out`` held out, no call in both)."""
+    (``num_tool_train`` training requests, ``num_held_out`` held out, no call in both); with
+    ``num_refusal_train`` > 0, forbidden requests too (that many to train on, ``num_held_out`` held out,
+    no request in both; the two skills' problems are the same as without)."""
     addition = AdditionTask(1, 2)
     splits = make_splits(addition.all_problems(), seed=seed)
     tools = ToolCallTask(max_value=99, functions=TOOL_FUNCTIONS)
     tool_train, tool_held = task_problems(tools, num_tool_train, num_held_out, seed=seed)
-    return Skills(tasks={"arithmetic": addition, "toolcall": tools},
-                  train={"arithmetic": splits["train"], "toolcall": tool_train},
-                  held_out={"arithmetic": splits["test"][::5][:num_held_out], "toolcall": tool_held})
+    skills = Skills(tasks={"arithmetic": addition, "toolcall": tools},
+                    train={"arithmetic": splits["train"], "toolcall": tool_train},
+                    held_out={"arithmetic": splits["test"][::5][:num_held_out], "toolcall": tool_held})
+    if num_refusal_train:
+        refusals = RefusalTask(max_value=99)
+        train, held = task_problems(refusals, num_refusal_train, num_held_out, seed=seed)
+        if len(train) < num_refusal_train:
+            raise ValueError(f"num_refusal_train={num_refusal_train} is invalid: the refusal task has "
+                             f"{len(train) + len(held)} distinct requests, {len(held)} of them held out")
+        skills.tasks["refusal"], skills.train["refusal"], skills.held_out["refusal"] = refusals, train, held
+    return skills
 
 
 def base_records(skills: Skills, tagged_share: float = 0.1, seed: int = 0) -> list[Record]:
@@ -84,8 +98,8 @@ def base_records(skills: Skills, tagged_share: float = 0.1, seed: int = 0) -> li
     return out
 
 
-def train_base(skills: Skills, tokenizer: CharTokenizer, steps: int = 300, lr: float = 3e-3, warmup_steps: int = 20,
-               batch_size: int = 64, tagged_share: float = 0.1, seed: int = 0, desc: str = "base"):
+def train_base(skills: Skills, tokenizer: CharTokenizer, steps: int = 400, lr: float = 3e-3, warmup_steps: int = 20,
+               batch_size: int = 32, tagged_share: float = 0.1, seed: int = 0, desc: str = "base"):
     """SFT of a fresh ``nano`` model on :func:`base_records`; returns the :class:`~mlakit.recipes.sft.SFTRun`."""
     cfg = TrainConfig(steps=steps, lr=lr, warmup_steps=warmup_steps, eval_every=0, seed=seed)
     return sft(skill_config(tokenizer), base_records(skills, tagged_share, seed), tokenizer, cfg,

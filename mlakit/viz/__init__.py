@@ -10,7 +10,8 @@
 - :mod:`mlakit.viz.rl`: GRPO runs: rewards, held-out accuracy, completion length, k3 and entropy
   against step (:func:`plot_grpo`), pass@k and maj@k before and after RL (:func:`plot_pass_maj_at_k`).
 - :mod:`mlakit.viz.rl_costs`: what RL costs: forgetting against the KL budget (:func:`plot_forgetting`),
-  reward hacking (:func:`plot_hacking`), the experiments' CSVs (:func:`read_results`).
+  reward hacking (:func:`plot_hacking`), held-out measures against step (:func:`plot_measures`), the
+  experiments' CSVs (:func:`read_results`).
 - :mod:`mlakit.viz.sft`: SFT and distillation: held-out accuracy of several runs against step
   (:func:`plot_accuracy_curves`), R1's distilled models beside RL (:func:`plot_r1_distillation`).
 - :mod:`mlakit.viz.kernels`: GPU kernels: a roofline with kernels placed on it (:func:`plot_roofline`),
@@ -35,7 +36,7 @@ from .fp8 import plot_accumulation_error, plot_fp8_training, plot_tile_scales
 from .kernels import plot_roofline, plot_split_kv
 from .moe import plot_active_parameters, plot_expert_load, plot_max_violation
 from .rl import plot_grpo, plot_pass_maj_at_k
-from .rl_costs import plot_forgetting, plot_hacking, read_results, tradeoff
+from .rl_costs import plot_forgetting, plot_hacking, plot_measures, read_results, tradeoff
 from .scaling import plot_bubbles, plot_overlap, plot_pipeline_timeline
 from .sft import final_accuracies, plot_accuracy_curves, plot_r1_distillation
 from .train import plot_training
@@ -44,7 +45,8 @@ __all__ = ["cache_table", "models_table", "plot_cache_vs_context", "measure_cach
            "plot_measured_vs_theory", "plot_v2_headline", "cache_dashboard", "CacheDashboard",
            "parameter_count", "plot_expert_load", "plot_max_violation", "plot_active_parameters", "plot_training",
            "plot_data_funnel", "plot_s_curve", "plot_pass_at_k", "plot_contamination",
-           "plot_grpo", "plot_pass_maj_at_k", "plot_forgetting", "plot_hacking", "read_results", "tradeoff",
+           "plot_grpo", "plot_pass_maj_at_k", "plot_forgetting", "plot_hacking", "plot_measures", "read_results",
+           "tradeoff",
            "plot_accuracy_curves", "plot_r1_distillation", "final_accuracies",
            "plot_roofline", "plot_split_kv",
            "plot_pipeline_timeline", "plot_bubbles", "plot_overlap",

@@ -11,7 +11,9 @@ skill at the evaluation steps), ``kl`` (k3 to the reference), ``reward_<name>``.
   in held-out arithmetic accuracy, the point's size and label giving its final k3.
 - :func:`read_results`: a results CSV with its header (command, seed, machine);
 - :func:`plot_hacking`: the training reward a sloppy verifier gives against step,
-  beside the strict verifier's verdict on the same samples and on held-out problems.
+  beside the strict verifier's verdict on the same samples and on held-out problems;
+- :func:`plot_measures`: any held-out measures of one run against step, one line each
+  (the safety run: sums, tool calls, refusals, tool requests refused).
 """
 
 from __future__ import annotations
@@ -155,4 +157,30 @@ def plot_hacking(rows: Sequence[Mapping], trained: str = "reward_sloppy", strict
     return fig
 
 
-__all__ = ["read_results", "series", "tradeoff", "plot_forgetting", "plot_hacking"]
+def plot_measures(rows: Sequence[Mapping], measures: Mapping[str, str], title: str | None = None, ax=None):
+    """Held-out measures of one run against step: ``measures`` maps a key of the rows ("acc_refusal") to its
+    label; each key must have at least one value. Returns the figure."""
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import PercentFormatter
+
+    if not measures:
+        raise ValueError("measures is empty: give {key: label}")
+    fig = None
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(8, 4), layout="constrained")
+    for i, (key, label) in enumerate(measures.items()):
+        steps, values = series(rows, key)
+        if len(values) == 0:
+            raise ValueError(f"no {key!r} in the rows")
+        ax.plot(steps, values, "o-", color=COLORS[i % len(COLORS)], ms=4, lw=1.5, label=label)
+    ax.set_xlabel("GRPO step")
+    ax.set_ylim(-0.03, 1.03)
+    ax.yaxis.set_major_formatter(PercentFormatter(1.0))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    if title:
+        ax.set_title(title)
+    return fig or ax.figure
+
+
+__all__ = ["read_results", "series", "tradeoff", "plot_forgetting", "plot_hacking", "plot_measures"]
