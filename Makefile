@@ -32,7 +32,7 @@ help:
 	@echo "make notebooks  re-execute notebooks/ and solutions/ in place, then rebuild exercises/ (authors)"
 	@echo "make exercises  regenerate exercises/ from solutions/"
 	@echo "make grade NB=exercises/01_attention_and_kv_cache.ipynb   grade a notebook"
-	@echo "make experiments  rerun the long experiments whose results lessons 10 and 11 plot (hours)"
+	@echo "make experiments  rerun the long experiments whose results lessons 10 and 11 plot (about an hour)"
 	@echo "make bench      run the benchmarks in bench/"
 	@echo "make doctor     check the environment"
 
