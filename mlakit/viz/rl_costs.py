@@ -83,7 +83,7 @@ def plot_forgetting(runs: Mapping[str, Sequence[Mapping]], title: str | None = N
     arithmetic change, labelled with the final k3).
     """
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import PercentFormatter
+    from matplotlib.ticker import MaxNLocator, PercentFormatter
 
     if not runs:
         raise ValueError("runs is empty: give {label: rows}")
@@ -109,8 +109,9 @@ def plot_forgetting(runs: Mapping[str, Sequence[Mapping]], title: str | None = N
     left.set_title("both skills during arithmetic-only GRPO")
     right.axhline(0, color="gray", lw=0.8)
     right.axvline(0, color="gray", lw=0.8)
-    right.xaxis.set_major_formatter(PercentFormatter(1.0))
-    right.yaxis.set_major_formatter(PercentFormatter(1.0))
+    for axis in (right.xaxis, right.yaxis):
+        axis.set_major_locator(MaxNLocator(6))  # percent labels are wide: few of them
+        axis.set_major_formatter(PercentFormatter(1.0))
     right.set_xlabel("arithmetic: change in held-out greedy accuracy")
     right.set_ylabel("tool calls: change in held-out accuracy")
     right.grid(alpha=0.3)
