@@ -26,7 +26,7 @@ from mlakit.data import (
     verify_sloppy,
 )
 from mlakit.data.countdown import ExpressionError, check_solution
-from mlakit.data.refusal import FORBIDDEN, REFUSAL, RefusalProblem
+from mlakit.data.refusal import FORBIDDEN, REFUSAL, RefusalProblem, RefusalTask
 from mlakit.data.toolcall import check_call
 from mlakit.tokenizer import CharTokenizer
 
@@ -34,8 +34,8 @@ from mlakit.tokenizer import CharTokenizer
 
 
 def test_registry_lists_the_tasks_and_names_the_valid_ones():
-    assert list_tasks() == ["addition", "countdown", "refusal", "toolcall", "wordproblem"]
-    with pytest.raises(ValueError, match=r"unknown task 'sums'; valid tasks: addition, countdown, refusal, toolcall, "
+    assert list_tasks() == ["addition", "countdown", "toolcall", "wordproblem"]
+    with pytest.raises(ValueError, match=r"unknown task 'sums'; valid tasks: addition, countdown, toolcall, "
                                          r"wordproblem"):
         get_task("sums")
     with pytest.raises(ValueError, match=r"task 'addition' has no knob 'digits'; its knobs: min_digits, "
@@ -49,7 +49,6 @@ def test_registry_lists_the_tasks_and_names_the_valid_ones():
     ("addition", {"min_digits": 2.5}, r"min_digits=2.5 is invalid: must be an integer in \[1, 18\]"),
     ("countdown", {"num_numbers": 9}, r"num_numbers=9 is invalid: must be an integer in \[2, 6\]"),
     ("countdown", {"min_used": 5}, r"min_used=5 is invalid: must be an integer in \[2, 4\]"),
-    ("refusal", {"max_value": -3}, r"max_value=-3 is invalid: must be an integer in \[1, 1000000000\]"),
     ("toolcall", {"max_value": 0}, r"max_value=0 is invalid: must be an integer in \[1, 1000000000\]"),
     ("toolcall", {"functions": ("add", "divide")}, r"functions=\('add', 'divide'\) is invalid"),
     ("wordproblem", {"operations": "*"}, r"operations='\*' is invalid: must be '\+', '-' or '\+-'"),
@@ -60,9 +59,9 @@ def test_bad_knobs_name_the_field_and_the_range(name, knobs, message):
         get_task(name, **knobs)
 
 
-@pytest.mark.parametrize("name", ["addition", "countdown", "refusal", "toolcall", "wordproblem"])
+@pytest.mark.parametrize("name", ["addition", "countdown", "toolcall", "wordproblem", "refusal"])
 def test_every_task_verifies_its_own_reference_in_both_formats(name):
-    task = get_task(name)
+    task = RefusalTask() if name == "refusal" else get_task(name)
     problems = list(task.generate(200, seed=5))
     assert problems == list(task.generate(200, seed=5))  # seeded
     for p in problems:
@@ -260,11 +259,13 @@ def test_toolcall_string_arguments_and_function_knob():
 
 # --- refusals -----------------------------------------------------------------------------------
 
-RT = get_task("refusal")
+RT = RefusalTask()
 WIPE = RefusalProblem("delete_files", 42, template=2)
 
 
 def test_refusal_problem_reads_like_a_tool_request_and_fits_the_alphabet():
+    with pytest.raises(ValueError, match=r"max_value=-3 is invalid: must be an integer in \[1, 1000000000\]"):
+        RefusalTask(max_value=-3)
     assert WIPE.prompt == "wipe disk 42\n" and WIPE.answer == REFUSAL
     assert WIPE.key != RefusalProblem("delete_files", 42, template=0).key  # another request in words
     tok = CharTokenizer()

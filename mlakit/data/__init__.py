@@ -7,7 +7,8 @@ lesson 08 (R1 §2.3.3, DeepSeekMath §2.1), one concept per module:
   seeded generator whose problems have ``.prompt``, ``.answer`` and a canonical
   ``.key``, and a strict ``verify(problem, completion)``: ``addition``
   (:mod:`.arithmetic`, lesson 07's pretraining task), ``countdown``,
-  ``refusal`` (:mod:`.refusal`), ``toolcall``, ``wordproblem``;
+  ``toolcall``, ``wordproblem``; and, outside that table, :class:`RefusalTask`
+  (:mod:`.refusal`, lesson 11's safety run);
 - R1's ``<think>...</think><answer>...</answer>`` format read strictly
   (:mod:`.reasoning`), beside the sloppy verifier it replaces;
 - teacher sampling with rejection and pass@k (:mod:`.teacher`, :mod:`.passk`);

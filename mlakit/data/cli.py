@@ -115,7 +115,7 @@ def register(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("data", help="build a synthetic dataset (JSONL + data card) or describe one")
     actions = p.add_subparsers(dest="action", required=True)
     b = actions.add_parser("build", help="generate, verify, dedup, decontaminate and filter; write JSONL")
-    b.add_argument("--task", required=True, help="addition, countdown, refusal, toolcall or wordproblem")
+    b.add_argument("--task", required=True, help="addition, countdown, toolcall or wordproblem")
     b.add_argument("--n", type=_positive, required=True, help="problems to generate")
     b.add_argument("--out", required=True, help="the JSONL file to write (its card goes beside it)")
     b.add_argument("--seed", type=int, default=0)

@@ -7,6 +7,10 @@ the ``toolcall`` task's, "delete file 42" next to "add 37 and 45", so the model 
 tell them apart by what is asked, not by how it is asked; the answer is always
 :data:`REFUSAL`.
 
+It is not in :func:`~mlakit.data.get_task`'s table, the tasks of lesson 08's pipeline: a
+refusal has no answer to work out, so there is nothing for a teacher, a dedup or a pass@k to do
+with it. Lesson 11 builds it directly (:mod:`mlakit.recipes.two_skills`).
+
 The verifier is exact: the completion, read strictly (plain or in an answer block),
 is the refusal and nothing else. A tool call, a refusal with more text after it, or
 an empty completion is not a refusal.

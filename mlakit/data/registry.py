@@ -12,13 +12,11 @@ from typing import Any
 
 from .arithmetic import AdditionTask
 from .countdown import CountdownTask
-from .refusal import RefusalTask
 from .task import Task
 from .toolcall import ToolCallTask
 from .wordproblem import WordProblemTask
 
-TASKS: dict[str, type[Task]] = {cls.name: cls for cls in (AdditionTask, CountdownTask, RefusalTask, ToolCallTask,
-                                                             WordProblemTask)}
+TASKS: dict[str, type[Task]] = {cls.name: cls for cls in (AdditionTask, CountdownTask, ToolCallTask, WordProblemTask)}
 
 
 def list_tasks() -> list[str]:

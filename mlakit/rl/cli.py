@@ -138,7 +138,7 @@ def register(subparsers) -> argparse.ArgumentParser:
     """Add ``grpo`` to an argparse subparsers object."""
     p = subparsers.add_parser("grpo", help="GRPO with rule rewards (accuracy + format) from a checkpoint")
     p.add_argument("--ckpt", required=True, help="base checkpoint folder (model.safetensors + tokenizer.json)")
-    p.add_argument("--task", required=True, help="addition, countdown, refusal, toolcall or wordproblem")
+    p.add_argument("--task", required=True, help="addition, countdown, toolcall or wordproblem")
     p.add_argument("--steps", type=int, required=True, help="GRPO steps (GRPOConfig.max_steps)")
     p.add_argument("--out", required=True, help="folder for the checkpoint, tokenizer.json and metrics.csv")
     p.add_argument("--knob", action="append", metavar="NAME=VALUE", help="a task knob; repeat for more")
