@@ -288,7 +288,7 @@ def cmd_safety(args, tok, skills, base):
 
 
 ALL = [["forgetting", "--beta", "0"], ["forgetting", "--beta", "0.04"], ["forgetting", "--beta", "0.5"],
-       ["forgetting", "--beta", "0", "--seed", "1"], ["forgetting", "--beta", "0", "--seed", "2"],
+       *[["forgetting", "--beta", beta, "--seed", seed] for beta in ("0", "0.04", "0.5") for seed in ("1", "2")],
        ["forgetting", "--beta", "0", "--steps", "300", "--eval-steps", "50"],
        ["mitigation"], ["hacking"], ["hacking", "--length-bonus", "0.5", "--steps", "60"], ["sharpening"],
        ["safety"]]
