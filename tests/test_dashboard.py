@@ -5,13 +5,13 @@ import matplotlib
 matplotlib.use("Agg")
 
 import base64  # noqa: E402
-import importlib.util  # noqa: E402
 import math  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import ipywidgets  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from script_module import load_script  # noqa: E402
 
 from mlakit import ModelConfig  # noqa: E402
 from mlakit.kvcache import (  # noqa: E402
@@ -336,17 +336,10 @@ def test_display_has_a_png_and_numbers_where_widgets_cannot_show(dash):
 
 
 # ---------------------------------------------------------------- the saved notebook keeps the widgets it shows
-def _run_notebooks_module():
-    spec = importlib.util.spec_from_file_location("run_notebooks", ROOT / "scripts" / "run_notebooks.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_saved_widget_state_keeps_what_is_displayed():
     import nbformat
 
-    rn = _run_notebooks_module()
+    rn = load_script("run_notebooks")
     view = rn.WIDGET_VIEW
 
     def model(name, **state):
@@ -375,7 +368,7 @@ def test_lesson_04_saves_its_dashboards_with_a_png():
     """The executed lesson holds the state of every widget it displays, and a PNG beside each dashboard."""
     import nbformat
 
-    rn = _run_notebooks_module()
+    rn = load_script("run_notebooks")
     nb = nbformat.read(ROOT / "notebooks" / "04_mla_inference.ipynb", as_version=4)
     states = nb.metadata["widgets"][rn.WIDGET_STATE]["state"]
     shown = 0

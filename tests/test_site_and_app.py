@@ -3,12 +3,12 @@ table of contents (scripts/build_site.py). The browser checks are in tests/brows
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from pathlib import Path
 
 import pytest
 from nbclient import NotebookClient
+from script_module import load_script
 
 from mlakit import cli
 from mlakit.viz import app
@@ -16,15 +16,8 @@ from mlakit.viz import app
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _build_site_module():
-    spec = importlib.util.spec_from_file_location("build_site", ROOT / "scripts" / "build_site.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_site_toc_lists_every_lesson_and_exercise_in_order():
-    toc = _build_site_module().toc_text()
+    toc = load_script("build_site").toc_text()
     files = [line.split("file: ", 1)[1] for line in toc.splitlines() if "file: " in line]
     lessons = sorted(p.stem for p in (ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
     exercises = sorted(p.stem for p in (ROOT / "exercises").glob("[0-9][0-9]_*.ipynb"))
@@ -37,7 +30,7 @@ def test_site_toc_of_a_course_without_exercises(tmp_path):
     (tmp_path / "notebooks").mkdir()
     for name in ("01_b.ipynb", "00_a.ipynb", "notes.ipynb"):
         (tmp_path / "notebooks" / name).write_text("{}")
-    toc = _build_site_module().toc_text(tmp_path)
+    toc = load_script("build_site").toc_text(tmp_path)
     assert "Exercises" not in toc and "notes" not in toc
     assert toc.index("notebooks/00_a") < toc.index("notebooks/01_b")
 
