@@ -120,14 +120,17 @@ def history_rows(trainer, extra):
     return [{**extra, **{k: r.get(k) for k in KEEP if k in r}} for r in trainer.history]
 
 
+RUN_OPTIONS = {"lr": "learning_rate", "steps": "max_steps", "seed": "seed"}  # named in a forgetting run's files
+# when not GRPO's: --lr 1e-4 -> forgetting_beta0_lr0.0001.csv and runs/11-rl-beta0_lr0.0001
+
+
 def cmd_forgetting(args, tok, skills, base):
     config = GRPOConfig(**{**GRPO, "learning_rate": args.lr, "max_steps": args.steps, "seed": args.seed},
                         beta=args.beta, eval_steps=args.eval_steps)
     trainer = arithmetic_grpo(copy.deepcopy(base), tok, skills, [accuracy_reward(skills.tasks["arithmetic"]),
                                                                  format_reward], config, copy.deepcopy(base))
-    changed = {k: v for k, v in (("lr", args.lr), ("steps", args.steps), ("seed", args.seed))
-               if v != {"lr": GRPO["learning_rate"], "steps": GRPO["max_steps"], "seed": GRPO["seed"]}[k]}
-    suffix = "".join(f"_{k}{v:g}" for k, v in changed.items())
+    suffix = "".join(f"_{option}{getattr(args, option):g}" for option, key in RUN_OPTIONS.items()
+                     if getattr(args, option) != GRPO[key])
     trainer.save(RUNS / f"11-rl-beta{args.beta:g}{suffix}")  # where mitigation and sharpening start
     start = evaluate_skills(base, tok, skills)
     extra = {"beta": args.beta, "learning_rate": args.lr, "seed": args.seed}
@@ -173,8 +176,9 @@ def rl_checkpoint(name):
     folder = RUNS / f"11-rl-{name}"
     if not folder.exists():
         beta, *changed = name.removeprefix("beta").split("_")
-        options = " ".join(f"--{c.rstrip('0123456789.')} {c.lstrip('abcdefghijklmnopqrstuvwxyz')}" for c in changed)
-        raise SystemExit(f"run `python experiments/rl_costs.py forgetting --beta {beta} {options}` first "
+        options = "".join(f" --{option} {part.removeprefix(option)}" for part in changed
+                          for option in RUN_OPTIONS if part.startswith(option))
+        raise SystemExit(f"run `python experiments/rl_costs.py forgetting --beta {beta}{options}` first "
                          f"(it writes {folder.relative_to(ROOT)})")
     return load_model_from_checkpoint(folder).eval()
 
